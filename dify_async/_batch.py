@@ -1,9 +1,27 @@
-"""Running many renames with bounded concurrency."""
+"""Running many renames with bounded concurrency.
+
+Both forms run a fixed pool of *concurrency* worker tasks that pull requests
+from the input one at a time, so neither the number of tasks nor the memory
+held grows with the input:
+
+- :func:`rename_many` takes a finite iterable and returns every outcome in
+  input order;
+- :func:`rename_stream` takes any iterable or async iterable, possibly
+  endless, and yields ``(request, outcome)`` pairs as they finish.
+
+An outcome is the :class:`Conversation`, or the :class:`DifyError` that
+request ended with: one failure never stops the others. Anything else that
+escapes (cancellation of the whole batch, an exception raised by a progress
+callback or by the input iterator) cancels the workers still running and waits
+for them, so no task and no connection is left behind.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -11,12 +29,18 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from ._exceptions import DifyError, InvalidRequestError
 from ._models import Conversation, RenameRequest
 
-__all__ = ["Outcome", "check_concurrency", "rename_many", "rename_stream"]
+__all__ = [
+    "Outcome",
+    "ProgressCallback",
+    "check_concurrency",
+    "rename_many",
+    "rename_stream",
+]
 
 T = TypeVar("T")
 
@@ -24,6 +48,9 @@ Outcome = Conversation | DifyError
 """What one rename of a batch ended with."""
 
 Rename = Callable[[RenameRequest], Awaitable[Conversation]]
+
+ProgressCallback = Callable[[int, int], object]
+"""Called as ``callback(done, total)`` after each rename of a batch."""
 
 
 def check_concurrency(concurrency: object) -> int:
@@ -40,27 +67,54 @@ def check_concurrency(concurrency: object) -> int:
 
 
 class _Source(Generic[T]):
-    """Hands out items of a sync or async iterable to concurrent workers."""
+    """Hands out the items of a sync or async iterable to concurrent workers.
+
+    An exception raised by the iterable ends the input: it is kept in
+    :attr:`error`, and the workers see the end of the input, so that the
+    requests already started can finish and be reported before it is raised.
+    """
 
     def __init__(self, items: Iterable[T] | AsyncIterable[T]) -> None:
         self._sync: Iterator[T] | None = None
         self._async: AsyncIterator[T] | None = None
+        self._lock = asyncio.Lock()
+        self.error: BaseException | None = None
         if isinstance(items, AsyncIterable):
             self._async = aiter(items)
-            self._lock = asyncio.Lock()
-        else:
+        elif isinstance(items, Iterable):
             self._sync = iter(items)
+        else:
+            raise InvalidRequestError(
+                "requests must be an iterable or an async iterable of "
+                f"RenameRequest, got {type(items).__name__}"
+            )
 
     async def next(self) -> T:
         """Return the next item; raise StopAsyncIteration at the end."""
         if self._sync is not None:
-            try:
-                return next(self._sync)
-            except StopIteration:
-                raise StopAsyncIteration from None
-        assert self._async is not None  # noqa: S101
+            return self._next_sync(self._sync)
+        # An async iterator may not be advanced by two tasks at once.
         async with self._lock:
-            return await anext(self._async)
+            if self.error is not None or self._async is None:
+                raise StopAsyncIteration
+            try:
+                return await anext(self._async)
+            except StopAsyncIteration:
+                raise
+            except Exception as exc:  # noqa: BLE001  (raised after the batch)
+                self.error = exc
+                raise StopAsyncIteration from None
+
+    def _next_sync(self, items: Iterator[T]) -> T:
+        if self.error is not None:
+            raise StopAsyncIteration
+        try:
+            return next(items)
+        except StopIteration:
+            raise StopAsyncIteration from None
+        except Exception as exc:  # noqa: BLE001  (raised after the batch)
+            self.error = exc
+            raise StopAsyncIteration from None
 
 
 async def _pool(
@@ -70,7 +124,8 @@ async def _pool(
 
     If anything escapes a handler (a bug, or cancellation of the whole batch),
     every other worker is cancelled and awaited before it propagates, so no
-    task is left behind.
+    task is left behind. An error of the input is raised once the requests
+    already started are done.
     """
 
     async def worker() -> None:
@@ -87,8 +142,19 @@ async def _pool(
     except BaseException:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Wait for the cancelled workers even if this task is cancelled again
+        # meanwhile: leaving them running would leak their connections.
+        await _wait_despite_cancellation(asyncio.gather(*tasks, return_exceptions=True))
         raise
+    if source.error is not None:
+        raise source.error
+
+
+async def _wait_despite_cancellation(future: asyncio.Future[Any]) -> None:
+    """Wait for *future*, even if the waiting task is cancelled meanwhile."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(future)
 
 
 async def _outcome(rename: Rename, request: object) -> Outcome:
@@ -107,18 +173,28 @@ async def rename_many(
     requests: Iterable[RenameRequest],
     *,
     concurrency: int,
-    on_progress: Callable[[int, int], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> list[Outcome]:
-    """Run every request; return the outcomes in input order."""
+    """Run every request; return the outcomes in input order.
+
+    Raises:
+        InvalidRequestError: *concurrency* is not a positive int, or an item
+            is not a :class:`RenameRequest` (nothing is sent then).
+    """
     check_concurrency(concurrency)
+    if not isinstance(requests, Iterable):
+        raise InvalidRequestError(
+            "requests must be an iterable of RenameRequest, got "
+            f"{type(requests).__name__}"
+        )
     items = list(requests)
     for index, item in enumerate(items):
         if not isinstance(item, RenameRequest):
             raise InvalidRequestError(
                 f"requests[{index}] is a {type(item).__name__}, not a RenameRequest"
             )
-    results: list[Outcome | None] = [None] * len(items)
     total = len(items)
+    results: list[Outcome | None] = [None] * total
     done = 0
 
     async def handle(pair: tuple[int, RenameRequest]) -> None:
@@ -129,26 +205,45 @@ async def rename_many(
         if on_progress is not None:
             on_progress(done, total)
 
-    await _pool(_Source(enumerate(items)), min(concurrency, total) or 1, handle)
-    return results  # type: ignore[return-value]  # every slot is filled
+    if total:
+        await _pool(_Source(enumerate(items)), min(concurrency, total), handle)
+    return [result for result in results if result is not None]
 
 
 _DONE = object()
 
 
-async def rename_stream(
+def rename_stream(
     rename: Rename,
     requests: Iterable[RenameRequest] | AsyncIterable[RenameRequest],
     *,
     concurrency: int,
-) -> AsyncIterator[tuple[RenameRequest, Outcome]]:
+) -> AsyncGenerator[tuple[RenameRequest, Outcome], None]:
     """Yield ``(request, outcome)`` pairs as they finish.
 
-    At most *concurrency* requests are in flight, and at most *concurrency*
-    finished outcomes wait for the consumer, so memory does not grow with the
-    input.
+    The arguments are checked at once; the work starts when the first pair is
+    asked for. At most *concurrency* requests are in flight, and at most
+    *concurrency* finished outcomes wait for the consumer, so memory does not
+    grow with the input. Closing the generator (``aclose()``, or leaving an
+    ``async with contextlib.aclosing(...)`` block) cancels the requests still
+    in flight and waits for them.
+
+    Raises:
+        InvalidRequestError: *concurrency* is not a positive int, or
+            *requests* is not iterable.
     """
     check_concurrency(concurrency)
+    if isinstance(requests, str | bytes):
+        raise InvalidRequestError(
+            "requests must be an iterable or an async iterable of RenameRequest, "
+            f"got {type(requests).__name__}"
+        )
+    return _stream(rename, _Source(requests), concurrency)
+
+
+async def _stream(
+    rename: Rename, source: _Source[RenameRequest], concurrency: int
+) -> AsyncGenerator[tuple[RenameRequest, Outcome], None]:
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=concurrency)
 
     async def handle(request: RenameRequest) -> None:
@@ -156,9 +251,9 @@ async def rename_stream(
 
     async def produce() -> None:
         try:
-            await _pool(_Source(requests), concurrency, handle)
+            await _pool(source, concurrency, handle)
         except asyncio.CancelledError:
-            raise  # the consumer went away; nobody waits for _DONE
+            raise  # the consumer went away: nobody waits for the marker
         except BaseException:
             await queue.put(_DONE)
             raise

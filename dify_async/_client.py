@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import platform
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from types import TracebackType
 from typing import Final
 
 import aiohttp
 
-from ._batch import Outcome, rename_many, rename_stream
+from ._batch import rename_many, rename_stream
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -24,7 +25,7 @@ from ._exceptions import (
 )
 from ._models import Conversation, RenameRequest
 from ._pacing import Pacer
-from ._retry import RetryPolicy, call_with_retries
+from ._retry import RetryPolicy, call_with_retries, unless_set
 from ._sansio import (
     DEFAULT_BASE_URL,
     PreparedRequest,
@@ -83,6 +84,12 @@ def _check_retries(value: object) -> int:
     raise InvalidRequestError(f"max_retries must be an int >= 0, got {value!r}")
 
 
+def _being_cancelled() -> bool:
+    """Whether someone cancelled the current task (unknowable before 3.11)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is not None and cancelling() > 0
+
+
 def _clip(timeout: aiohttp.ClientTimeout, remaining: float) -> aiohttp.ClientTimeout:
     if timeout.total is not None and timeout.total <= remaining:
         return timeout
@@ -136,7 +143,8 @@ class AsyncDifyClient:
             is not made.
         max_retries: Retries after the first attempt, for transient failures.
         max_retry_after: The longest ``Retry-After`` the client will wait for;
-            a longer one raises :class:`RateLimitError` at once.
+            a longer one raises the error (a :class:`RateLimitError` for a
+            429) at once. ``None`` waits for any value.
         max_rate: Requests per second at most, across every call of this
             client (retries included), or ``None`` for no pacing.
         connection_limit: Open connections at most, for a session the client
@@ -158,7 +166,7 @@ class AsyncDifyClient:
         timeout: float | aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         deadline: float | None = None,
         max_retries: int = 2,
-        max_retry_after: float = 60.0,
+        max_retry_after: float | None = 60.0,
         max_rate: float | None = None,
         connection_limit: int = 100,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
@@ -178,7 +186,9 @@ class AsyncDifyClient:
         self._policy = RetryPolicy(
             max_retries=_check_retries(max_retries),
             deadline=_check_positive(deadline, "deadline"),
-            max_retry_after=_check_positive(max_retry_after, "max_retry_after") or 0.0,
+            max_retry_after=math.inf
+            if max_retry_after is None
+            else _check_positive(max_retry_after, "max_retry_after") or math.inf,
         )
         rate = _check_positive(max_rate, "max_rate")
         self._pacer = Pacer(rate) if rate is not None else None
@@ -196,6 +206,7 @@ class AsyncDifyClient:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        self._closing = asyncio.Event()  # wakes calls waiting to retry or to pace
 
     @property
     def base_url(self) -> str:
@@ -232,6 +243,7 @@ class AsyncDifyClient:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         if self._owns_session and self._session is not None:
             await self._session.close()
 
@@ -298,12 +310,20 @@ class AsyncDifyClient:
         concurrency: int = 16,
         on_progress: Callable[[int, int], object] | None = None,
     ) -> list[Conversation | DifyError]:
-        """Run many renames, *concurrency* at a time.
+        """Run many renames, at most *concurrency* at a time.
+
+        A fixed pool of *concurrency* workers shares the requests, so a batch
+        of any size holds that many connections and tasks at most. Each
+        rename keeps the client's retry policy, and ``max_rate`` paces them
+        all. Cancelling the call cancels the renames in flight and waits for
+        them before the cancellation propagates.
 
         Args:
-            requests: The renames.
+            requests: The renames (any finite iterable; it is read at once).
             concurrency: How many run at once.
-            on_progress: Called as ``on_progress(done, total)`` after each one.
+            on_progress: Called as ``on_progress(done, total)`` after each
+                rename ends, whatever its outcome. An exception it raises
+                cancels the batch.
 
         Returns:
             One outcome per request, in input order: the :class:`Conversation`,
@@ -323,21 +343,37 @@ class AsyncDifyClient:
         requests: Iterable[RenameRequest] | AsyncIterable[RenameRequest],
         *,
         concurrency: int = 16,
-    ) -> AsyncIterator[tuple[RenameRequest, Outcome]]:
+    ) -> AsyncGenerator[tuple[RenameRequest, Conversation | DifyError], None]:
         """Rename a stream of requests, yielding each outcome as it finishes.
 
-        Memory stays bounded by *concurrency*, whatever the input's size, so
-        it suits inputs read lazily from a file or a database cursor. Stop
-        early with ``break`` (or close the iterator): in-flight calls are
-        cancelled.
+        The input is read lazily, one request per free worker, and finished
+        outcomes wait for the consumer in a queue of *concurrency* places, so
+        memory is bounded by *concurrency*, not by the input: it suits inputs
+        read from a file or a database cursor, or even endless ones. Close
+        the generator to stop early; in-flight calls are then cancelled and
+        awaited. ``contextlib.aclosing`` does that for you::
+
+            async with contextlib.aclosing(client.rename_stream(rows)) as results:
+                async for request, outcome in results:
+                    ...
+
+        If the input itself raises, no new rename starts; the ones in flight
+        finish and are yielded, then its exception is raised.
 
         Args:
             requests: Any iterable or async iterable of renames.
             concurrency: How many run at once.
 
-        Yields:
-            ``(request, outcome)`` pairs in completion order, where outcome is
-            the :class:`Conversation` or the :class:`DifyError`.
+        Returns:
+            An async generator of ``(request, outcome)`` pairs in completion
+            order, where outcome is the :class:`Conversation` or the
+            :class:`DifyError` that request ended with. An item that is not a
+            :class:`RenameRequest` is paired with an
+            :class:`InvalidRequestError`.
+
+        Raises:
+            InvalidRequestError: *concurrency* is not a positive int, or
+                *requests* is not iterable (raised here, before any work).
         """
         return rename_stream(self._rename_one, requests, concurrency=concurrency)
 
@@ -376,6 +412,7 @@ class AsyncDifyClient:
             policy=policy,
             idempotent=not request.auto_generate,
             started=started,
+            sleep=lambda seconds: unless_set(self._closing, asyncio.sleep(seconds)),
         )
 
     async def _send(
@@ -385,11 +422,8 @@ class AsyncDifyClient:
         timeout: aiohttp.ClientTimeout,
         deadline_at: float | None,
     ) -> Conversation:
-        if self._closed:
-            raise ClientClosedError("this AsyncDifyClient is closed")
         method, url = prepared.method, prepared.url
-        if self._pacer is not None:
-            await self._pacer.wait()
+        await self._wait_turn(method, url)
         if deadline_at is not None:
             remaining = deadline_at - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -419,6 +453,16 @@ class AsyncDifyClient:
             raise self._connection_error(exc, method, url) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise self._connection_error(exc, method, url) from exc
+        except asyncio.CancelledError:
+            # Closing the session cancels the calls queued for a connection
+            # slot, although nobody cancelled their tasks.
+            if not self.closed or _being_cancelled():
+                raise
+            raise ClientClosedError(
+                "the client was closed while this call was in flight",
+                method=method,
+                url=url,
+            ) from None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d", method, url, status)
         if not complete and 200 <= status < 300:  # noqa: PLR2004
@@ -432,6 +476,15 @@ class AsyncDifyClient:
                 url=url,
             )
         return decode_response(status, headers, body, method=method, url=url)
+
+    async def _wait_turn(self, method: str, url: str) -> None:
+        """Wait for the pacer's slot; raise if the client is (or gets) closed."""
+        if self._pacer is not None and not self._closed:
+            await unless_set(self._closing, self._pacer.wait())
+        if self._closed:
+            raise ClientClosedError(
+                "this AsyncDifyClient is closed", method=method, url=url
+            )
 
     def _connection_error(
         self, exc: BaseException, method: str, url: str

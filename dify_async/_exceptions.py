@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 __all__ = [
     "APIConnectionError",
     "APIResponseValidationError",
@@ -86,8 +88,13 @@ class DifyError(Exception):
         return f"{self.message} ({', '.join(context)})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only constructors do not pickle on their own; rebuild from state.
-        return (_rebuild, (type(self), self.__dict__.copy()))
+        # Keyword-only constructors do not pickle on their own; rebuild from
+        # state. aiohttp's read-only header view does not pickle: copy it.
+        state = self.__dict__.copy()
+        headers = state.get("headers")
+        if isinstance(headers, CIMultiDictProxy):
+            state["headers"] = CIMultiDict(headers)
+        return (_rebuild, (type(self), state))
 
 
 def _rebuild(cls: type[DifyError], state: dict[str, Any]) -> DifyError:

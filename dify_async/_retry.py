@@ -12,6 +12,10 @@ controller take over, with the policy below.
   ``retry-after-ms``) is honoured exactly, unless it is above
   ``max_retry_after``, in which case the error is raised at once.
 - A retry whose wait would pass the call's deadline is not made.
+- Every error that escapes records the attempts made (``attempts``); each
+  retry logs one WARNING line (method, URL, wait, attempt, reason).
+- The waits can be interrupted (the client wakes them when it is closed) and
+  skipped altogether in tests (:func:`instant_retries`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ._exceptions import (
 from ._retry_after import parse_retry_after
 
 __all__ = [
+    "NOT_STARTED_STATUSES",
     "RETRYABLE_STATUSES",
     "RetryPolicy",
     "backoff",
@@ -43,6 +48,7 @@ __all__ = [
     "instant_retries",
     "is_retryable",
     "set_instant_retries",
+    "unless_set",
 ]
 
 T = TypeVar("T")
@@ -54,6 +60,8 @@ RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 
 NOT_STARTED_STATUSES: Final = frozenset({408, 429, 503})
 """Statuses after which the server cannot have started the work."""
+
+_MAX_EXPONENT: Final = 64  # 2.0**64 seconds is past any cap, and still a float
 
 
 class _Switch:
@@ -111,8 +119,13 @@ def is_retryable(error: DifyError, *, idempotent: bool) -> bool:
 
 
 def backoff(attempt: int, policy: RetryPolicy) -> float:
-    """Full-jitter exponential backoff before attempt number *attempt* + 1."""
-    ceiling = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+    """Full-jitter exponential backoff after failed attempt number *attempt*.
+
+    A uniform draw from ``[0, min(backoff_max, backoff_initial * 2 ** (attempt
+    - 1))]``: 0.5 s, 1 s, 2 s, 4 s, then 8 s at most, by default.
+    """
+    exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
+    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0**exponent)
     return random.uniform(0, ceiling)  # noqa: S311  (jitter, not cryptography)
 
 
@@ -169,12 +182,33 @@ class _Controller:
 
 def _reason(error: DifyError) -> str:
     if isinstance(error, APIStatusError):
-        return (
-            f"{error.status_code} {error.code}"
-            if error.code
-            else f"{error.status_code}"
-        )
+        code = f" {error.code}" if error.code else ""
+        return f"{error.status_code}{code}"
     return f"{type(error).__name__}: {error.message}"
+
+
+async def unless_set(event: asyncio.Event, waiting: Awaitable[object]) -> bool:
+    """Await *waiting*, unless *event* is set first.
+
+    Returns:
+        Whether *waiting* finished; ``False`` when *event* won (*waiting* is
+        then cancelled).
+    """
+    work = asyncio.ensure_future(waiting)
+    try:
+        if not event.is_set():
+            stop = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+    finally:
+        finished = work.done()
+        if not finished:
+            work.cancel()
+    if finished:
+        work.result()  # re-raise what *waiting* raised, if anything
+    return finished
 
 
 async def call_with_retries(
@@ -183,6 +217,7 @@ async def call_with_retries(
     policy: RetryPolicy,
     idempotent: bool,
     started: float,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> T:
     """Await *attempt*, retrying it under *policy*.
 
@@ -194,6 +229,8 @@ async def call_with_retries(
         policy: How many retries, how long to wait, the deadline.
         idempotent: Whether the request may be repeated at no cost.
         started: The loop time when the call began (for the deadline).
+        sleep: Waits between attempts (the client's returns early when it
+            is closed, so the next attempt fails at once).
     """
     try:
         return await attempt()
@@ -219,6 +256,9 @@ async def call_with_retries(
             error.attempts = count
             raise
 
+    async def pause(seconds: float) -> None:
+        await sleep(seconds)
+
     retrying = AsyncRetrying(
         stop=controller.stop,
         wait=controller.wait,
@@ -228,6 +268,7 @@ async def call_with_retries(
             )
         ),
         before_sleep=controller.before_sleep,
+        sleep=pause,
         reraise=True,
     )
     return await retrying(replay_then_send)

@@ -1,4 +1,15 @@
-"""Reading how long a server asked us to wait."""
+"""Reading how long a server asked us to wait.
+
+Three forms are understood, in this order:
+
+- ``retry-after-ms: 1500``: milliseconds (sent by some API gateways);
+- ``Retry-After: 120``: delta-seconds (RFC 9110; a fraction is tolerated);
+- ``Retry-After: Wed, 21 Oct 2015 07:28:00 GMT``: an HTTP date.
+
+Anything else (negative numbers, exponents, words, impossible dates, values
+too large to be a number) is garbage and reads as ``None``: the caller falls
+back to its own backoff. Nothing here raises.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +22,7 @@ from email.utils import parsedate_to_datetime
 
 __all__ = ["parse_retry_after"]
 
-_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*").fullmatch
+_NUMBER = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*", re.ASCII).fullmatch
 
 
 def parse_retry_after(
@@ -28,14 +39,15 @@ def parse_retry_after(
         headers: Response headers; looked up case-insensitively.
         now: The current unix time, for HTTP dates (default: the clock).
     """
-    ms = _header(headers, "retry-after-ms")
-    if ms is not None and (match := _NUMBER(ms)):
-        return float(match[1]) / 1000.0
+    milliseconds = _number(_header(headers, "retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000.0
     value = _header(headers, "retry-after")
     if value is None:
         return None
-    if match := _NUMBER(value):
-        return float(match[1])
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
     return _seconds_until(value, time.time() if now is None else now)
 
 
@@ -49,6 +61,13 @@ def _header(headers: Mapping[str, str], lower_name: str) -> str | None:
     return value
 
 
+def _number(value: str | None) -> float | None:
+    if value is None or not (match := _NUMBER(value)):
+        return None
+    number = float(match[1])
+    return number if math.isfinite(number) else None
+
+
 def _seconds_until(http_date: str, now: float) -> float | None:
     try:
         when = parsedate_to_datetime(http_date)
@@ -60,6 +79,6 @@ def _seconds_until(http_date: str, now: float) -> float | None:
         delta = when.timestamp() - now
     except (OverflowError, OSError, ValueError):
         return None
-    if math.isnan(delta):
+    if not math.isfinite(delta):
         return None
     return max(delta, 0.0)

@@ -468,3 +468,26 @@ class TestSchemaDrift:
         conversation = strict.structure(data, Conversation)
         assert conversation.name == "strict"
         assert conversation.introduction is None
+
+
+class TestRetryAfterCap:
+    async def test_long_retry_after_is_raised_at_once_by_default(self, fake):
+        """A Retry-After above the 60 s cap raises at once, with the wait set."""
+        cid = fake.add_conversation(user="u")
+        fake.inject_fault(dify_async.testing.Fault.rate_limit(retry_after="3600"))
+        async with AsyncDifyClient(fake.api_key, base_url=fake.base_url) as client:
+            with pytest.raises(dify_async.RateLimitError) as info:
+                await client.rename_conversation(cid, name="x", user="u")
+        assert info.value.retry_after == 3600.0
+        assert info.value.attempts == 1
+
+    async def test_no_cap_waits_for_any_retry_after(self, fake, no_retry_wait):
+        """max_retry_after=None retries after any Retry-After (waits made instant)."""
+        cid = fake.add_conversation(user="u")
+        fake.inject_fault(dify_async.testing.Fault.rate_limit(retry_after="3600"))
+        async with AsyncDifyClient(
+            fake.api_key, base_url=fake.base_url, max_retry_after=None
+        ) as client:
+            conversation = await client.rename_conversation(cid, name="x", user="u")
+        assert conversation.name == "x"
+        assert fake.requests_received == 2

@@ -1,0 +1,537 @@
+"""The retry policy on its own: what is retried, how long it waits, Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from dify_async import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    ClientClosedError,
+    DifyError,
+    InternalServerError,
+    InvalidRequestError,
+    RateLimitError,
+)
+from dify_async._retry import (
+    RetryPolicy,
+    backoff,
+    call_with_retries,
+    is_retryable,
+    unless_set,
+)
+from dify_async._retry_after import parse_retry_after
+from dify_async.testing import instant_retries, set_instant_retries
+
+URL = "https://api.dify.ai/v1/conversations/45701982-8118-4bc5-8e9b-64562b4555f2/name"
+NOW = 1_705_407_629.0
+
+
+def status_error(status: int, headers: dict[str, str] | None = None) -> APIStatusError:
+    headers = headers or {}
+    if status == 429:
+        return RateLimitError(
+            "slow down",
+            status_code=429,
+            code=None,
+            headers=headers,
+            body=None,
+            retry_after=parse_retry_after(headers),
+            method="POST",
+            url=URL,
+        )
+    cls = InternalServerError if status >= 500 else APIStatusError
+    return cls(
+        f"HTTP {status}",
+        status_code=status,
+        code=None,
+        headers=headers,
+        body=None,
+        method="POST",
+        url=URL,
+    )
+
+
+def connection_error(*, sent: bool, timeout: bool = False) -> APIConnectionError:
+    cls = APITimeoutError if timeout else APIConnectionError
+    return cls("boom", request_sent=sent, method="POST", url=URL)
+
+
+# -- is_retryable -----------------------------------------------------------------
+
+RETRY_TABLE = [
+    # (failure, retried for an explicit name, retried for auto_generate)
+    (connection_error(sent=False), True, True),
+    (connection_error(sent=False, timeout=True), True, True),
+    (connection_error(sent=True), True, False),
+    (connection_error(sent=True, timeout=True), True, False),
+    (status_error(408), True, True),
+    (status_error(429), True, True),
+    (status_error(500), True, False),
+    (status_error(502), True, False),
+    (status_error(503), True, True),
+    (status_error(504), True, False),
+]
+
+
+@pytest.mark.parametrize(("error", "explicit", "auto"), RETRY_TABLE)
+def test_retry_table(error, explicit, auto):
+    """Transient failures are retried; auto_generate only where nothing started."""
+    assert is_retryable(error, idempotent=True) is explicit
+    assert is_retryable(error, idempotent=False) is auto
+
+
+@pytest.mark.parametrize(
+    "status", [301, 400, 401, 403, 404, 405, 409, 413, 415, 422, 501, 505]
+)
+def test_other_statuses_are_never_retried(status):
+    """Other 4xx, 3xx and unusual 5xx statuses are never retried."""
+    error = status_error(status)
+    assert not is_retryable(error, idempotent=True)
+    assert not is_retryable(error, idempotent=False)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClientClosedError("closed"),
+        InvalidRequestError("bad"),
+        APIResponseValidationError("x", status_code=200, headers={}, body=None),
+        DifyError("anything"),
+    ],
+)
+def test_errors_that_are_not_transient_are_never_retried(error):
+    """A closed client, a bad argument or a bad 2xx body is never retried."""
+    assert not is_retryable(error, idempotent=True)
+
+
+# -- backoff ----------------------------------------------------------------------
+
+DEFAULT = RetryPolicy(max_retries=2, deadline=None, max_retry_after=60.0)
+
+
+@given(attempt=st.integers(1, 100_000))
+def test_backoff_stays_under_its_capped_ceiling(attempt):
+    """Each wait is between 0 and min(8 s, 0.5 s * 2 ** (attempt - 1))."""
+    wait = backoff(attempt, DEFAULT)
+    assert 0 <= wait <= min(8.0, 0.5 * 2.0 ** min(attempt - 1, 64))
+
+
+def test_backoff_is_fully_jittered():
+    """Waits spread over the whole range: no two clients retry in lockstep."""
+    waits = [backoff(3, DEFAULT) for _ in range(400)]
+    assert min(waits) < 0.5
+    assert max(waits) > 1.5
+    assert len(set(waits)) > 390
+
+
+def test_backoff_respects_a_custom_policy():
+    """backoff_initial and backoff_max shape the ceiling."""
+    policy = RetryPolicy(
+        max_retries=9, deadline=None, max_retry_after=1, backoff_max=0.05
+    )
+    assert all(backoff(n, policy) <= 0.05 for n in range(1, 50))
+
+
+# -- Retry-After parsing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "120"}, 120.0),
+        ({"retry-after": "0"}, 0.0),
+        ({"RETRY-AFTER": " 1.5 "}, 1.5),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"Retry-After-Ms": "250", "Retry-After": "9"}, 0.25),
+        ({"retry-after-ms": "soon", "Retry-After": "9"}, 9.0),
+        ({"Retry-After": formatdate(NOW + 30, usegmt=True)}, 30.0),
+        ({"Retry-After": "Tue, 16 Jan 2024 12:20:59 GMT"}, 30.0),
+        ({"Retry-After": formatdate(NOW - 30, usegmt=True)}, 0.0),
+        ({"Retry-After": "Tuesday, 16-Jan-24 12:20:59 GMT"}, 30.0),  # RFC 850
+        ({"Retry-After": "Tue Jan 16 12:20:59 2024"}, 30.0),  # asctime
+        ({}, None),
+        ({"Retry-After": ""}, None),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "-5"}, None),
+        ({"Retry-After": "1e3"}, None),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "\u0663"}, None),  # an Arabic-Indic digit
+        ({"Retry-After": "9" * 400}, None),
+        ({"retry-after-ms": "9" * 400}, None),
+        ({"Retry-After": "Wed, 99 Foo 2015 07:28:00 GMT"}, None),
+    ],
+)
+def test_parse_retry_after(headers, expected):
+    """Seconds, milliseconds and HTTP dates are read; garbage reads as None."""
+    assert parse_retry_after(headers, now=NOW) == expected
+
+
+def test_parse_retry_after_reads_aiohttp_headers():
+    """Case-insensitive multidicts, as aiohttp gives them, work too."""
+    headers = CIMultiDictProxy(CIMultiDict({"RETRY-AFTER-MS": "1500"}))
+    assert parse_retry_after(headers) == 1.5
+
+
+def test_parse_retry_after_uses_the_clock_by_default():
+    """Without now=, an HTTP date is measured from the current time."""
+    wait = parse_retry_after({"Retry-After": formatdate(time.time() + 100)})
+    assert wait is not None
+    assert 98 <= wait <= 100
+
+
+header_values = st.text() | st.from_regex(r"\s*-?[0-9.eE+]{0,400}\s*", fullmatch=True)
+
+
+@given(
+    retry_after=st.none() | header_values,
+    retry_after_ms=st.none() | header_values,
+    now=st.floats(allow_nan=True, allow_infinity=True) | st.none(),
+)
+@example(retry_after="Fri, 31 Dec 9999 23:59:59 GMT", retry_after_ms=None, now=None)
+@example(retry_after="Mon, 01 Jan 0001 00:00:00 GMT", retry_after_ms=None, now=None)
+@example(retry_after="Mon, 01 Jan 2024 00:00:00 +9999", retry_after_ms=None, now=0.0)
+def test_parse_retry_after_never_raises(retry_after, retry_after_ms, now):
+    """Any header values give None or a finite, non-negative number of seconds."""
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = retry_after_ms
+    wait = parse_retry_after(headers, now=now)
+    assert wait is None or (math.isfinite(wait) and wait >= 0)
+
+
+@given(st.integers(0, 10**12))
+def test_parse_retry_after_reads_every_delta_seconds(seconds):
+    """Every non-negative integer of delta-seconds is read exactly."""
+    assert parse_retry_after({"Retry-After": str(seconds)}) == seconds
+
+
+@given(st.integers(0, 10**6))
+def test_parse_retry_after_reads_every_http_date(offset):
+    """Every IMF-fixdate is read as the seconds until it."""
+    date = formatdate(NOW + offset, usegmt=True)
+    assert parse_retry_after({"Retry-After": date}, now=NOW) == offset
+
+
+# -- the retry loop ---------------------------------------------------------------
+
+
+class Script:
+    """An attempt function that raises the given errors in turn, then succeeds."""
+
+    def __init__(self, *errors: Callable[[], DifyError]) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            error = self.errors.pop(0)()
+            raise error
+        return "done"
+
+
+class Sleeps(list[float]):
+    """A sleep function that records the waits instead of sleeping."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def policy(**changes: float | None) -> RetryPolicy:
+    settings: dict[str, float | None] = {
+        "max_retries": 2,
+        "deadline": None,
+        "max_retry_after": 60.0,
+    }
+    settings.update(changes)
+    return RetryPolicy(**settings)  # type: ignore[arg-type]
+
+
+async def run(script: Script, sleeps: Sleeps | None = None, **kwargs) -> str:
+    kwargs.setdefault("policy", policy())
+    kwargs.setdefault("idempotent", True)
+    return await call_with_retries(
+        script,
+        started=asyncio.get_running_loop().time(),
+        sleep=sleeps if sleeps is not None else Sleeps(),
+        **kwargs,
+    )
+
+
+def a_502() -> DifyError:
+    return status_error(502)
+
+
+async def test_a_first_success_costs_nothing():
+    """A call that succeeds at once makes one attempt and never waits."""
+    sleeps = Sleeps()
+    script = Script()
+    assert await run(script, sleeps) == "done"
+    assert script.calls == 1
+    assert sleeps == []
+
+
+async def test_retries_until_success():
+    """Transient failures are retried until one attempt succeeds."""
+    script = Script(a_502, a_502)
+    assert await run(script) == "done"
+    assert script.calls == 3
+
+
+async def test_gives_up_after_max_retries_with_attempts_set():
+    """After max_retries retries the last error is raised with attempts set."""
+    script = Script(*[a_502] * 10)
+    with pytest.raises(InternalServerError) as caught:
+        await run(script, policy=policy(max_retries=3))
+    assert caught.value.attempts == script.calls == 4
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 5])
+async def test_max_retries_counts_retries_not_attempts(max_retries):
+    """max_retries=N means at most N + 1 attempts."""
+    script = Script(*[a_502] * 10)
+    with pytest.raises(InternalServerError):
+        await run(script, policy=policy(max_retries=max_retries))
+    assert script.calls == max_retries + 1
+
+
+async def test_a_non_retryable_error_stops_at_once():
+    """A 404 after a 502 is raised at once, with the attempts so far."""
+    script = Script(a_502, lambda: status_error(404), a_502)
+    with pytest.raises(APIStatusError) as caught:
+        await run(script, policy=policy(max_retries=5))
+    assert caught.value.status_code == 404
+    assert caught.value.attempts == script.calls == 2
+
+
+async def test_auto_generate_is_not_repeated_after_a_502():
+    """A non-idempotent call raises a 502 after one attempt."""
+    script = Script(a_502)
+    with pytest.raises(InternalServerError) as caught:
+        await run(script, idempotent=False)
+    assert caught.value.attempts == script.calls == 1
+
+
+async def test_auto_generate_is_retried_after_a_503_then_stops_at_a_502():
+    """A non-idempotent call goes past a 503 but stops at the 502 that follows."""
+    script = Script(lambda: status_error(503), a_502)
+    with pytest.raises(InternalServerError) as caught:
+        await run(script, idempotent=False, policy=policy(max_retries=5))
+    assert caught.value.status_code == 502
+    assert caught.value.attempts == 2
+
+
+async def test_backoff_waits_grow_and_stay_capped():
+    """Waits between attempts follow capped full-jitter backoff."""
+    sleeps = Sleeps()
+    await run(Script(*[a_502] * 6), sleeps, policy=policy(max_retries=6))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert len(sleeps) == 6
+    assert all(0 <= w <= c for w, c in zip(sleeps, ceilings, strict=True))
+
+
+async def test_retry_after_is_waited_exactly():
+    """A Retry-After replaces the backoff with exactly the asked wait."""
+    sleeps = Sleeps()
+    script = Script(
+        lambda: status_error(429, {"Retry-After": "3"}),
+        lambda: status_error(503, {"retry-after-ms": "1500"}),
+    )
+    await run(script, sleeps)
+    assert sleeps == [3.0, 1.5]
+
+
+async def test_retry_after_above_the_cap_is_raised_at_once():
+    """A Retry-After above max_retry_after raises, without waiting, retry_after set."""
+    sleeps = Sleeps()
+    script = Script(lambda: status_error(429, {"Retry-After": "61"}))
+    with pytest.raises(RateLimitError) as caught:
+        await run(script, sleeps)
+    assert caught.value.retry_after == 61.0
+    assert caught.value.attempts == 1
+    assert sleeps == []
+
+
+async def test_retry_after_at_the_cap_is_waited():
+    """A Retry-After equal to max_retry_after is still honoured."""
+    sleeps = Sleeps()
+    await run(Script(lambda: status_error(429, {"Retry-After": "60"})), sleeps)
+    assert sleeps == [60.0]
+
+
+async def test_a_wait_that_would_pass_the_deadline_is_not_made():
+    """No retry is made when its wait would end past the deadline."""
+    sleeps = Sleeps()
+    script = Script(lambda: status_error(429, {"Retry-After": "5"}))
+    with pytest.raises(RateLimitError) as caught:
+        await run(script, sleeps, policy=policy(deadline=4.0))
+    assert caught.value.attempts == 1
+    assert sleeps == []
+
+
+async def test_retries_stop_at_the_deadline():
+    """Waits planned together never pass the deadline, and really are slept."""
+    script = Script(*[a_502] * 1000)
+    planned: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        planned.append(seconds)
+        await asyncio.sleep(seconds)
+
+    started = time.monotonic()
+    with pytest.raises(InternalServerError):
+        await call_with_retries(
+            script,
+            policy=policy(
+                max_retries=1000, deadline=0.3, backoff_initial=0.01, backoff_max=0.02
+            ),
+            idempotent=True,
+            started=asyncio.get_running_loop().time(),
+            sleep=sleep,
+        )
+    assert sum(planned) < 0.3
+    assert sum(planned) - 0.01 <= time.monotonic() - started < 0.3 + 0.25
+    assert 1 < script.calls < 1000
+
+
+async def test_instant_retries_skip_waits_but_not_decisions():
+    """instant_retries() zeroes waits, yet a too-long Retry-After still raises."""
+    sleeps = Sleeps()
+    with instant_retries():
+        await run(
+            Script(a_502, lambda: status_error(429, {"Retry-After": "9"})), sleeps
+        )
+        with pytest.raises(RateLimitError):
+            await run(Script(lambda: status_error(429, {"Retry-After": "99"})), sleeps)
+    assert sleeps == [0.0, 0.0]
+
+
+async def test_instant_retries_restores_the_global_switch():
+    """set_instant_retries() holds until undone; instant_retries() restores it."""
+    sleeps = Sleeps()
+    slow = policy(backoff_initial=100.0, backoff_max=100.0)
+    try:
+        set_instant_retries(True)
+        with instant_retries():
+            pass
+        await run(Script(a_502), sleeps, policy=slow)
+        set_instant_retries(False)
+        await run(Script(a_502), sleeps, policy=slow)
+        with instant_retries():
+            await run(Script(a_502), sleeps, policy=slow)
+        await run(Script(a_502), sleeps, policy=slow)
+    finally:
+        set_instant_retries(False)
+    assert sleeps[0] == 0.0
+    assert sleeps[1] > 0.0
+    assert sleeps[2] == 0.0
+    assert sleeps[3] > 0.0
+
+
+async def test_each_retry_logs_one_warning(caplog):
+    """One WARNING per retry, with the method, URL, attempt, wait and reason."""
+    caplog.set_level(logging.WARNING, logger="dify_async")
+    script = Script(
+        lambda: status_error(429, {"Retry-After": "2"}),
+        lambda: connection_error(sent=False),
+    )
+    await run(script)
+    lines = [r.getMessage() for r in caplog.records]
+    second_wait = lines[1].split(" in ")[1].split()[0]
+    assert lines == [
+        f"Retrying POST {URL} in 2.00 s (attempt 1 of 3 failed: 429)",
+        (
+            f"Retrying POST {URL} in {second_wait} s "
+            "(attempt 2 of 3 failed: APIConnectionError: boom)"
+        ),
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+async def test_a_dify_code_shows_in_the_log(caplog):
+    """The log line names Dify's error code when there is one."""
+    caplog.set_level(logging.WARNING, logger="dify_async")
+
+    def unknown() -> DifyError:
+        return InternalServerError(
+            "Internal Server Error",
+            status_code=500,
+            code="unknown",
+            headers={},
+            body=None,
+            method="POST",
+            url=URL,
+        )
+
+    await run(Script(unknown, lambda: status_error(503)))
+    assert caplog.messages[0].endswith("(attempt 1 of 3 failed: 500 unknown)")
+    assert caplog.messages[1].endswith("(attempt 2 of 3 failed: 503)")
+
+
+# -- waiting unless closed --------------------------------------------------------
+
+
+async def test_unless_set_returns_true_when_the_wait_finishes():
+    """The awaited thing finishing first gives True."""
+    assert await unless_set(asyncio.Event(), asyncio.sleep(0.01)) is True
+
+
+async def test_unless_set_stops_early_when_the_event_is_set():
+    """Setting the event ends the wait at once and cancels what was awaited."""
+    event = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.02, event.set)
+    started = time.monotonic()
+    assert await unless_set(event, asyncio.sleep(10)) is False
+    assert time.monotonic() - started < 1
+
+
+async def test_unless_set_with_the_event_already_set():
+    """An event already set means no wait at all."""
+    event = asyncio.Event()
+    event.set()
+    assert await unless_set(event, asyncio.sleep(10)) is False
+
+
+async def test_unless_set_reraises_what_the_wait_raised():
+    """An exception from the awaited thing propagates."""
+
+    async def fail() -> None:
+        raise OSError("disk")
+
+    with pytest.raises(OSError, match="disk"):
+        await unless_set(asyncio.Event(), fail())
+
+
+async def test_unless_set_cancelled_cancels_the_wait():
+    """Cancelling the waiter cancels what it awaited too."""
+    inner_cancelled = asyncio.Event()
+
+    async def wait_forever() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            inner_cancelled.set()
+            raise
+
+    task = asyncio.create_task(unless_set(asyncio.Event(), wait_forever()))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(inner_cancelled.wait(), 1)
