@@ -89,10 +89,24 @@ class _Source(Generic[T]):
                 f"RenameRequest, got {type(items).__name__}"
             )
 
+    @property
+    def is_sync(self) -> bool:
+        """Whether the input is a plain iterable (see :meth:`next_now`)."""
+        return self._sync is not None
+
+    def next_now(self) -> T:
+        """:meth:`next` for a plain iterable, without a coroutine per item."""
+        assert self._sync is not None  # noqa: S101
+        return self._next_sync(self._sync)
+
     async def next(self) -> T:
-        """Return the next item; raise StopAsyncIteration at the end."""
+        """Return the next item; raise StopAsyncIteration at the end.
+
+        For a plain iterable, :meth:`next_now` does the same without a
+        coroutine.
+        """
         if self._sync is not None:
-            return self._next_sync(self._sync)
+            return self.next_now()
         # An async iterator may not be advanced by two tasks at once.
         async with self._lock:
             if self.error is not None or self._async is None:
@@ -129,9 +143,10 @@ async def _pool(
     """
 
     async def worker() -> None:
+        sync = source.is_sync
         while True:
             try:
-                item = await source.next()
+                item = source.next_now() if sync else await source.next()
             except StopAsyncIteration:
                 return
             await handle(item)
@@ -157,15 +172,8 @@ async def _wait_despite_cancellation(future: asyncio.Future[Any]) -> None:
             await asyncio.shield(future)
 
 
-async def _outcome(rename: Rename, request: object) -> Outcome:
-    if not isinstance(request, RenameRequest):
-        return InvalidRequestError(
-            f"expected a RenameRequest, got {type(request).__name__}"
-        )
-    try:
-        return await rename(request)
-    except DifyError as error:
-        return error
+def _not_a_request(item: object) -> InvalidRequestError:
+    return InvalidRequestError(f"expected a RenameRequest, got {type(item).__name__}")
 
 
 async def rename_many(
@@ -200,7 +208,10 @@ async def rename_many(
     async def handle(pair: tuple[int, RenameRequest]) -> None:
         nonlocal done
         index, request = pair
-        results[index] = await _outcome(rename, request)
+        try:
+            results[index] = await rename(request)
+        except DifyError as error:
+            results[index] = error
         done += 1
         if on_progress is not None:
             on_progress(done, total)
@@ -211,6 +222,29 @@ async def rename_many(
 
 
 _DONE = object()
+
+
+def _queueing(
+    rename: Rename, queue: asyncio.Queue[object]
+) -> Callable[[object], Awaitable[None]]:
+    """A handler that renames one item and queues ``(item, outcome)``."""
+
+    async def handle(request: object) -> None:
+        outcome: Outcome
+        if not isinstance(request, RenameRequest):
+            outcome = _not_a_request(request)
+        else:
+            try:
+                outcome = await rename(request)
+            except DifyError as error:
+                outcome = error
+        # As ``await queue.put(...)``, without its coroutine when there is room.
+        if queue.full():
+            await queue.put((request, outcome))
+        else:
+            queue.put_nowait((request, outcome))
+
+    return handle
 
 
 def rename_stream(
@@ -245,9 +279,7 @@ async def _stream(
     rename: Rename, source: _Source[RenameRequest], concurrency: int
 ) -> AsyncGenerator[tuple[RenameRequest, Outcome], None]:
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=concurrency)
-
-    async def handle(request: RenameRequest) -> None:
-        await queue.put((request, await _outcome(rename, request)))
+    handle = _queueing(rename, queue)
 
     async def produce() -> None:
         try:
@@ -262,7 +294,8 @@ async def _stream(
     producer = asyncio.ensure_future(produce())
     try:
         while True:
-            item = await queue.get()
+            # As ``await queue.get()``, without its coroutine when one is ready.
+            item = await queue.get() if queue.empty() else queue.get_nowait()
             if item is _DONE:
                 break
             yield cast("tuple[RenameRequest, Outcome]", item)

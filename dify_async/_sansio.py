@@ -7,8 +7,9 @@ give is testable directly. The aiohttp client is a thin shell around them.
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -16,7 +17,11 @@ import cattrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ._converter import converter
+from ._converter import (
+    structure_conversation,
+    structure_conversation_quickly,
+    unstructure_request,
+)
 from ._exceptions import (
     APIResponseValidationError,
     APIStatusError,
@@ -113,9 +118,36 @@ def build_headers(api_key: str, user_agent: str) -> dict[str, str]:
     }
 
 
+def _make_iterencode() -> Callable[[object, int], Iterable[str]]:
+    """``json.dumps(obj, separators=(",", ":"))`` in chunks, its encoder built once.
+
+    ``JSONEncoder.encode`` builds a new C encoder at every call; this one is
+    built once with the same settings (no circular check: a rename's body is
+    a flat object of strings and booleans).
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - without CPython's accelerator
+        return lambda obj, _: (encoder.encode(obj),)
+    return make(  # type: ignore[no-any-return]
+        None,
+        encoder.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,  # noqa: FBT003  (sort_keys, positional in the C signature)
+        False,  # noqa: FBT003  (skipkeys)
+        True,  # noqa: FBT003  (allow_nan)
+    )
+
+
+_iterencode: Final = _make_iterencode()
+
+
 def encode_body(request: RenameRequest) -> bytes:
     """Return the JSON body of a rename, through the converter."""
-    return json.dumps(converter.unstructure(request), separators=(",", ":")).encode()
+    return "".join(_iterencode(unstructure_request(request), 0)).encode()
 
 
 def build_request(
@@ -128,12 +160,15 @@ def build_request(
         headers: As :func:`build_headers` returns them.
         request: The validated rename.
     """
-    return PreparedRequest(
-        method=METHOD,
-        url=f"{base_url}/conversations/{request.conversation_id}/name",
-        headers=headers,
-        body=encode_body(request),
+    return PreparedRequest(  # method, url, headers, body
+        METHOD,
+        f"{base_url}/conversations/{request.conversation_id}/name",
+        headers,
+        encode_body(request),
     )
+
+
+_MULTIDICTS: Final = CIMultiDictProxy | CIMultiDict
 
 
 def decode_response(
@@ -158,7 +193,7 @@ def decode_response(
             status (see the exception tree).
         APIResponseValidationError: 2xx, but the body is not a conversation.
     """
-    if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+    if not isinstance(headers, _MULTIDICTS):
         headers = CIMultiDictProxy(CIMultiDict(headers))
     if 200 <= status < 300:  # noqa: PLR2004
         return _decode_conversation(status, headers, body, method, url)
@@ -189,7 +224,12 @@ def _decode_conversation(
     url: str | None,
 ) -> Conversation:
     try:
-        data: Any = json.loads(body)
+        # json.loads(bytes) guesses the encoding in Python at every call; by
+        # its own rule, a body that opens with "{" and a non-NUL byte is UTF-8.
+        if body[:1] == b"{" and body[1:2] != b"\x00":
+            data: Any = json.loads(body.decode("utf-8", "surrogatepass"))
+        else:
+            data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise APIResponseValidationError(
             f"HTTP {status} with a body that is not JSON: "
@@ -210,7 +250,11 @@ def _decode_conversation(
             url=url,
         )
     try:
-        return converter.structure(data, Conversation)
+        return structure_conversation_quickly(data, Conversation)
+    except Exception:  # noqa: BLE001, S110  (the detailed hook below says what)
+        pass
+    try:
+        return structure_conversation(data, Conversation)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise APIResponseValidationError(
             f"HTTP {status} with a body that is not a conversation: {_describe(exc)}",
@@ -257,6 +301,10 @@ def _status_error(
         message = f"HTTP {status} {reason}".rstrip()
         if shown and shown not in message:
             message += f": {shown}"
+        if status == 404:  # noqa: PLR2004
+            # Dify answers an unknown conversation in JSON; a page means the
+            # URL matched no route at all.
+            message += " (no Dify route matched: check that base_url ends in /v1)"
     cls = _STATUS_ERRORS.get(status)
     if cls is None:
         cls = InternalServerError if status >= 500 else APIStatusError  # noqa: PLR2004

@@ -25,6 +25,7 @@ from dify_async import (
     NotFoundError,
     PermissionDeniedError,
 )
+from dify_async.testing import FakeDifyServer
 
 CID = "45701982-8118-4bc5-8e9b-64562b4555f2"
 
@@ -166,6 +167,7 @@ class TestServerRefusals:
                 await client.rename_conversation(CID, name="x", user="u")
         assert info.value.code is None
         assert "404" in str(info.value)
+        assert "/v1" in info.value.message
 
 
 class TestValidationBeforeSending:
@@ -491,3 +493,37 @@ class TestRetryAfterCap:
             conversation = await client.rename_conversation(cid, name="x", user="u")
         assert conversation.name == "x"
         assert fake.requests_received == 2
+
+
+class TestConnectionPool:
+    @pytest.mark.parametrize("borrowed", [False, True])
+    async def test_waiting_for_a_connection_does_not_eat_the_timeout(self, borrowed):
+        """Calls queued behind a full pool get their whole timeout once sent."""
+        async with FakeDifyServer(latency=0.1) as server:
+            ids = [server.add_conversation(user="u") for _ in range(5)]
+            session = (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+                if borrowed
+                else None
+            )
+            try:
+                async with AsyncDifyClient(
+                    server.api_key,
+                    base_url=server.base_url,
+                    connection_limit=1,
+                    session=session,
+                    timeout=0.35,
+                    max_retries=0,
+                ) as client:
+                    results = await asyncio.gather(
+                        *(
+                            client.rename_conversation(c, name="n", user="u")
+                            for c in ids
+                        )
+                    )
+            finally:
+                if session is not None:
+                    await session.close()
+            assert [r.name for r in results] == ["n"] * 5
+            assert server.max_in_flight == 1
+            assert server.requests_received == 5
