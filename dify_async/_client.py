@@ -11,12 +11,11 @@ import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    Awaitable,
     Callable,
     Iterable,
 )
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Final
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -50,8 +49,6 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "AsyncDifyClient",
 ]
-
-T = TypeVar("T")
 
 _Attempt = tuple[
     aiohttp.ClientSession, PreparedRequest, aiohttp.ClientTimeout, float | None
@@ -103,20 +100,6 @@ def _being_cancelled() -> bool:
     """Whether someone cancelled the current task (unknowable before 3.11)."""
     cancelling = getattr(asyncio.current_task(), "cancelling", None)
     return cancelling is not None and cancelling() > 0
-
-
-def _replaying(
-    failure: DifyError, attempt: Callable[[], Awaitable[T]]
-) -> Callable[[], Awaitable[T]]:
-    """*attempt*, except that its first call raises *failure*, already seen."""
-    pending = [failure]
-
-    def call() -> Awaitable[T]:
-        if pending:
-            raise pending.pop()
-        return attempt()
-
-    return call
 
 
 def _pool_size(connector: aiohttp.BaseConnector | None, own_limit: int) -> int:
@@ -479,11 +462,12 @@ class AsyncDifyClient:
     ) -> Conversation:
         """Hand a failed first attempt to the retry loop."""
         return await call_with_retries(
-            _replaying(failed, lambda: self._send(*attempt)),
+            lambda: self._send(*attempt),
             policy=policy,
             idempotent=not request.auto_generate,
             started=started,
             sleep=lambda seconds: unless_set(self._closing, asyncio.sleep(seconds)),
+            failed=failed,
         )
 
     async def _send(

@@ -218,6 +218,7 @@ async def call_with_retries(
     idempotent: bool,
     started: float,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    failed: DifyError | None = None,
 ) -> T:
     """Await *attempt*, retrying it under *policy*.
 
@@ -231,14 +232,19 @@ async def call_with_retries(
         started: The loop time when the call began (for the deadline).
         sleep: Waits between attempts (the client's returns early when it
             is closed, so the next attempt fails at once).
+        failed: What the first attempt ended with, when the caller made it
+            itself (so that a call that succeeds never gets here); *attempt*
+            then makes the retries only.
     """
-    try:
-        return await attempt()
-    except DifyError as error:
-        error.attempts = 1
-        if policy.max_retries <= 0 or not is_retryable(error, idempotent=idempotent):
-            raise
-        first: DifyError | None = error
+    if failed is None:
+        try:
+            return await attempt()
+        except DifyError as error:
+            failed = error
+    failed.attempts = 1
+    if policy.max_retries <= 0 or not is_retryable(failed, idempotent=idempotent):
+        raise failed
+    first: DifyError | None = failed
 
     controller = _Controller(policy, started)
     count = 1
