@@ -21,15 +21,20 @@ TEST_DEPS = nox.project.dependency_groups(PYPROJECT, "tests")
 
 
 def _expose_pyenv_pythons() -> None:
-    """Make every pyenv-installed 3.10+ interpreter visible to nox."""
-    if "PYENV_VERSION" in os.environ or shutil.which("pyenv") is None:
+    """Make every pyenv-installed 3.10+ interpreter visible to nox.
+
+    pyenv's shims only run the versions named in ``PYENV_VERSION`` (which
+    ``pyenv exec`` sets to the one version in use), so add the others to it.
+    """
+    if shutil.which("pyenv") is None:
         return
     listed = subprocess.run(
         ["pyenv", "versions", "--bare"], capture_output=True, text=True, check=False
     ).stdout.split()
     wanted = [v for v in listed if re.fullmatch(r"3\.1[0-9]\.\d+", v)]
+    current = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
     if wanted:
-        os.environ["PYENV_VERSION"] = ":".join(wanted)
+        os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(current + wanted))
 
 
 _expose_pyenv_pythons()
