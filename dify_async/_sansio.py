@@ -231,12 +231,12 @@ def _decode_conversation(
         else:
             data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
+        shown = excerpt(body, headers.get("Content-Type"))
         raise APIResponseValidationError(
-            f"HTTP {status} with a body that is not JSON: "
-            f"{excerpt(body, headers.get('Content-Type'))!r}",
+            f"HTTP {status} with a body that is not JSON: {shown!r}",
             status_code=status,
             headers=headers,
-            body=excerpt(body, headers.get("Content-Type")),
+            body=shown,
             method=method,
             url=url,
         ) from None
