@@ -18,8 +18,10 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    CertificateVerificationError,
     ClientClosedError,
     DifyError,
+    EventLoopError,
     InternalServerError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -30,6 +32,7 @@ from ._exceptions import (
     UnsupportedMediaTypeError,
 )
 from ._models import Conversation, RenameRequest
+from ._retry import RetryEvent
 from ._version import __version__
 
 __all__ = [
@@ -40,9 +43,11 @@ __all__ = [
     "AsyncDifyClient",
     "AuthenticationError",
     "BadRequestError",
+    "CertificateVerificationError",
     "ClientClosedError",
     "Conversation",
     "DifyError",
+    "EventLoopError",
     "InternalServerError",
     "InvalidRequestError",
     "MethodNotAllowedError",
@@ -51,6 +56,7 @@ __all__ = [
     "RateLimitError",
     "RenameRequest",
     "RequestTooLargeError",
+    "RetryEvent",
     "UnsupportedMediaTypeError",
     "__version__",
 ]

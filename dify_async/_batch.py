@@ -33,11 +33,11 @@ from typing import Any, Generic, TypeVar, cast
 
 from ._exceptions import DifyError, InvalidRequestError
 from ._models import Conversation, RenameRequest
+from ._validation import check_count
 
 __all__ = [
     "Outcome",
     "ProgressCallback",
-    "check_concurrency",
     "rename_many",
     "rename_stream",
 ]
@@ -53,17 +53,24 @@ ProgressCallback = Callable[[int, int], object]
 """Called as ``callback(done, total)`` after each rename of a batch."""
 
 
-def check_concurrency(concurrency: object) -> int:
-    """Return *concurrency* if it is a positive int.
+async def _outcome(rename: Rename, request: RenameRequest) -> Outcome:
+    """Rename one request; return what it ended with, whatever that is.
 
-    Raises:
-        InvalidRequestError: it is not.
+    A :class:`DifyError` is the outcome; so is any other exception, wrapped in
+    one with the original as its ``__cause__``, so that one request's surprise
+    never costs the others theirs. Cancellation propagates.
     """
-    if type(concurrency) is not int or concurrency < 1:
-        raise InvalidRequestError(
-            f"concurrency must be a positive int, got {concurrency!r}"
+    try:
+        return await rename(request)
+    except DifyError as error:
+        return error
+    except Exception as exc:  # noqa: BLE001  (each request gets one outcome)
+        wrapped = DifyError(
+            f"the rename failed unexpectedly ({type(exc).__name__}); "
+            "see __cause__, and please report it"
         )
-    return concurrency
+        wrapped.__cause__ = exc
+        return wrapped
 
 
 class _Source(Generic[T]):
@@ -189,7 +196,7 @@ async def rename_many(
         InvalidRequestError: *concurrency* is not a positive int, or an item
             is not a :class:`RenameRequest` (nothing is sent then).
     """
-    check_concurrency(concurrency)
+    check_count(concurrency, "concurrency", minimum=1)
     if not isinstance(requests, Iterable):
         raise InvalidRequestError(
             "requests must be an iterable of RenameRequest, got "
@@ -208,10 +215,7 @@ async def rename_many(
     async def handle(pair: tuple[int, RenameRequest]) -> None:
         nonlocal done
         index, request = pair
-        try:
-            results[index] = await rename(request)
-        except DifyError as error:
-            results[index] = error
+        results[index] = await _outcome(rename, request)
         done += 1
         if on_progress is not None:
             on_progress(done, total)
@@ -234,10 +238,7 @@ def _queueing(
         if not isinstance(request, RenameRequest):
             outcome = _not_a_request(request)
         else:
-            try:
-                outcome = await rename(request)
-            except DifyError as error:
-                outcome = error
+            outcome = await _outcome(rename, request)
         # As ``await queue.put(...)``, without its coroutine when there is room.
         if queue.full():
             await queue.put((request, outcome))
@@ -266,7 +267,7 @@ def rename_stream(
         InvalidRequestError: *concurrency* is not a positive int, or
             *requests* is not iterable.
     """
-    check_concurrency(concurrency)
+    check_count(concurrency, "concurrency", minimum=1)
     if isinstance(requests, str | bytes):
         raise InvalidRequestError(
             "requests must be an iterable or an async iterable of RenameRequest, "

@@ -5,8 +5,10 @@ The tree::
     DifyError
     ├── InvalidRequestError            bad arguments, caught before anything is sent
     ├── ClientClosedError              the client was used after closing
+    ├── EventLoopError                 the client was used from another event loop
     ├── APIConnectionError             no usable answer (DNS, refused, reset, TLS)
-    │   └── APITimeoutError            an attempt ran out of time
+    │   ├── APITimeoutError            an attempt or the deadline ran out of time
+    │   └── CertificateVerificationError  the server's certificate was refused
     ├── APIResponseValidationError     2xx, but the body is not a conversation
     └── APIStatusError                 the server answered with an error status
         ├── BadRequestError            400 (invalid_param, bad_request, not_chat_app)
@@ -31,6 +33,8 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._retry_after import parse_retry_after
+
 __all__ = [
     "APIConnectionError",
     "APIResponseValidationError",
@@ -38,8 +42,10 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "CertificateVerificationError",
     "ClientClosedError",
     "DifyError",
+    "EventLoopError",
     "InternalServerError",
     "InvalidRequestError",
     "MethodNotAllowedError",
@@ -76,6 +82,16 @@ class DifyError(Exception):
         self.method = method
         self.url = url
         self.attempts = attempts
+
+    @property
+    def label(self) -> str:
+        """A short, stable label of the failure, for grouping and logs.
+
+        ``"404 not_found"`` (the status and Dify's code), ``"502"`` (a status
+        without a Dify code), ``"timeout"``, ``"connection error"``, or the
+        class name for anything else.
+        """
+        return type(self).__name__
 
     def __str__(self) -> str:
         context = []
@@ -115,6 +131,15 @@ class ClientClosedError(DifyError, RuntimeError):
     """The client was used after it was closed."""
 
 
+class EventLoopError(DifyError, RuntimeError):
+    """The client was used from an event loop other than its own.
+
+    A client belongs to the event loop its session was made in (a second
+    :func:`asyncio.run`, or another thread's loop, is another loop). Make one
+    client per event loop.
+    """
+
+
 class APIConnectionError(DifyError):
     """No usable answer came back: DNS failure, refused or reset connection, TLS.
 
@@ -139,9 +164,27 @@ class APIConnectionError(DifyError):
         super().__init__(message, method=method, url=url, attempts=attempts)
         self.request_sent = request_sent
 
+    @property
+    def label(self) -> str:
+        """``"connection error"``."""
+        return "connection error"
+
 
 class APITimeoutError(APIConnectionError):
     """An attempt did not complete within its timeout, or the deadline passed."""
+
+    @property
+    def label(self) -> str:
+        """``"timeout"``."""
+        return "timeout"
+
+
+class CertificateVerificationError(APIConnectionError):
+    """The server's TLS certificate failed verification.
+
+    Never retried: another attempt meets the same certificate. The message
+    names the problem (expired, self-signed, wrong host name, ...).
+    """
 
 
 class _ResponseError(DifyError):
@@ -219,6 +262,13 @@ class APIStatusError(_ResponseError):
         )
         self.code = code
 
+    @property
+    def label(self) -> str:
+        """The status and Dify's code (``"404 not_found"``), or the status."""
+        if self.code:
+            return f"{self.status_code} {self.code}"
+        return str(self.status_code)
+
     def __str__(self) -> str:
         text = super().__str__()
         if self.code is None:
@@ -266,7 +316,8 @@ class RateLimitError(APIStatusError):
     Attributes:
         retry_after: Seconds the server asked to wait (from ``Retry-After`` or
             ``retry-after-ms``), as sent even when above the client's cap, or
-            ``None`` when the server gave no usable value.
+            ``None`` when the server gave no usable value. Read from
+            ``headers`` when the error is built.
     """
 
     def __init__(
@@ -277,7 +328,6 @@ class RateLimitError(APIStatusError):
         code: str | None,
         headers: Mapping[str, str],
         body: object,
-        retry_after: float | None = None,
         method: str | None = None,
         url: str | None = None,
         attempts: int = 1,
@@ -292,7 +342,7 @@ class RateLimitError(APIStatusError):
             url=url,
             attempts=attempts,
         )
-        self.retry_after = retry_after
+        self.retry_after = parse_retry_after(headers)
 
 
 class InternalServerError(APIStatusError):

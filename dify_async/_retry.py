@@ -1,54 +1,68 @@
-"""When and how long to retry.
+"""When and how long to retry, on tenacity's own building blocks.
 
-The first attempt runs on its own, with no retry machinery: a call that
-succeeds pays for none of it. Only after a retryable failure does a tenacity
-controller take over, with the policy below.
-
-- Retryable: connection errors, timeouts, 408, 429, 500, 502, 503, 504.
+- Retryable: connection errors, timeouts, 408, 429, 500, 502, 503, 504; never
+  a TLS certificate failure (another attempt meets the same certificate).
 - An ``auto_generate`` rename costs an LLM call on the server, so it is retried
   only where the server cannot have started it: the connection was never
   established, or the answer was 408, 429 or 503.
-- Waits: full-jitter exponential backoff, capped; a ``Retry-After`` (or
-  ``retry-after-ms``) is honoured exactly, unless it is above
-  ``max_retry_after``, in which case the error is raised at once.
-- A retry whose wait would pass the call's deadline is not made.
-- Every error that escapes records the attempts made (``attempts``); each
-  retry logs one WARNING line (method, URL, wait, attempt, reason).
-- The waits can be interrupted (the client wakes them when it is closed) and
-  skipped altogether in tests (:func:`instant_retries`).
+- Waits: full-jitter exponential backoff (tenacity's
+  ``wait_random_exponential``: up to 0.5 s, 1 s, 2 s, 4 s, then 8 s), unless
+  the answer carried ``Retry-After`` (or ``retry-after-ms``), which is honoured
+  exactly; one above ``max_retry_after`` is not waited for: the error is
+  raised at once.
+- Stops: ``stop_after_attempt`` (``max_retries`` + 1 attempts), and
+  ``stop_before_delay`` for the call's deadline (a retry whose wait would pass
+  it is not made).
+- Before each retry wait: one WARNING log line and the ``on_retry`` hook, with
+  a :class:`RetryEvent`. Every error that escapes records ``attempts``.
+
+The first attempt runs on its own: a call that succeeds at once pays nothing
+for the retry machinery. A failure that may be retried starts a tenacity loop
+whose state opens with that failure as its first attempt's outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-import math
-import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import attrs
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import (
+    AsyncRetrying,
+    DoSleep,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
+    CertificateVerificationError,
     DifyError,
     RateLimitError,
 )
 from ._retry_after import parse_retry_after
 
 __all__ = [
+    "BACKOFF",
     "NOT_STARTED_STATUSES",
     "RETRYABLE_STATUSES",
-    "RetryPolicy",
-    "backoff",
+    "RetryEvent",
     "call_with_retries",
     "instant_retries",
     "is_retryable",
+    "requested_wait",
     "set_instant_retries",
-    "unless_set",
+    "wait_retry_after",
 ]
 
 T = TypeVar("T")
@@ -61,7 +75,8 @@ RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 NOT_STARTED_STATUSES: Final = frozenset({408, 429, 503})
 """Statuses after which the server cannot have started the work."""
 
-_MAX_EXPONENT: Final = 64  # 2.0**64 seconds is past any cap, and still a float
+BACKOFF: Final = wait_random_exponential(multiplier=0.5, max=8.0)
+"""Full jitter: a uniform draw from 0 to 0.5 s, 1 s, 2 s, 4 s, then 8 s."""
 
 
 class _Switch:
@@ -75,7 +90,7 @@ def set_instant_retries(on: bool) -> None:
     """Make retry waits zero (for tests), or restore them.
 
     The retry decisions stay the same (what is retried, how many times, when
-    a ``Retry-After`` is too long): only the sleeping is skipped.
+    a ``Retry-After`` is too long): only the waiting is skipped.
     """
     _switch.instant = on
 
@@ -92,14 +107,24 @@ def instant_retries() -> Iterator[None]:
 
 
 @attrs.frozen
-class RetryPolicy:
-    """The retry settings of one call."""
+class RetryEvent:
+    """What ``on_retry`` is given before each retry wait.
 
-    max_retries: int
-    deadline: float | None
-    max_retry_after: float
-    backoff_initial: float = 0.5
-    backoff_max: float = 8.0
+    Attributes:
+        attempt: The number of the attempt that failed, from 1.
+        error: What that attempt ended with.
+        wait: Seconds until the next attempt.
+        method: The request's HTTP method.
+        url: The request's URL (it never holds a secret).
+        conversation_id: The conversation being renamed (canonical form).
+    """
+
+    attempt: int
+    error: DifyError
+    wait: float
+    method: str
+    url: str
+    conversation_id: str
 
 
 def is_retryable(error: DifyError, *, idempotent: bool) -> bool:
@@ -113,23 +138,15 @@ def is_retryable(error: DifyError, *, idempotent: bool) -> bool:
     if isinstance(error, APIStatusError):
         statuses = RETRYABLE_STATUSES if idempotent else NOT_STARTED_STATUSES
         return error.status_code in statuses
+    if isinstance(error, CertificateVerificationError):
+        return False
     if isinstance(error, APIConnectionError):
         return idempotent or not error.request_sent
     return False
 
 
-def backoff(attempt: int, policy: RetryPolicy) -> float:
-    """Full-jitter exponential backoff after failed attempt number *attempt*.
-
-    A uniform draw from ``[0, min(backoff_max, backoff_initial * 2 ** (attempt
-    - 1))]``: 0.5 s, 1 s, 2 s, 4 s, then 8 s at most, by default.
-    """
-    exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
-    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0**exponent)
-    return random.uniform(0, ceiling)  # noqa: S311  (jitter, not cryptography)
-
-
-def _requested_wait(error: BaseException | None) -> float | None:
+def requested_wait(error: BaseException | None) -> float | None:
+    """The wait an error's response asked for (``Retry-After``), if any."""
     if isinstance(error, RateLimitError):
         return error.retry_after
     if isinstance(error, APIStatusError):
@@ -137,144 +154,133 @@ def _requested_wait(error: BaseException | None) -> float | None:
     return None
 
 
-class _Controller:
-    """The tenacity hooks for one call."""
+class wait_retry_after(wait_base):  # noqa: N801  (named as tenacity's waits are)
+    """Wait what the failed attempt's ``Retry-After`` asked for, else *fallback*.
 
-    def __init__(self, policy: RetryPolicy, started: float) -> None:
-        self.policy = policy
-        self.started = started
-
-    def wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        requested = _requested_wait(error)
-        if requested is not None:
-            if requested > self.policy.max_retry_after:
-                return math.inf  # stop() raises the error at once
-            planned = requested
-        else:
-            planned = backoff(state.attempt_number, self.policy)
-        return 0.0 if _switch.instant else planned
-
-    def stop(self, state: RetryCallState) -> bool:
-        if state.attempt_number > self.policy.max_retries:
-            return True
-        if math.isinf(state.upcoming_sleep):
-            return True
-        if self.policy.deadline is None:
-            return False
-        elapsed = asyncio.get_running_loop().time() - self.started
-        return elapsed + state.upcoming_sleep >= self.policy.deadline
-
-    def before_sleep(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        if not isinstance(error, DifyError):  # pragma: no cover - never retried
-            return
-        logger.warning(
-            "Retrying %s %s in %.2f s (attempt %d of %d failed: %s)",
-            error.method,
-            error.url,
-            state.upcoming_sleep,
-            state.attempt_number,
-            self.policy.max_retries + 1,
-            _reason(error),
-        )
-
-
-def _reason(error: DifyError) -> str:
-    if isinstance(error, APIStatusError):
-        code = f" {error.code}" if error.code else ""
-        return f"{error.status_code}{code}"
-    return f"{type(error).__name__}: {error.message}"
-
-
-async def unless_set(event: asyncio.Event, waiting: Awaitable[object]) -> bool:
-    """Await *waiting*, unless *event* is set first.
-
-    Returns:
-        Whether *waiting* finished; ``False`` when *event* won (*waiting* is
-        then cancelled).
+    Zero inside :func:`instant_retries`.
     """
-    work = asyncio.ensure_future(waiting)
-    try:
-        if not event.is_set():
-            stop = asyncio.ensure_future(event.wait())
-            try:
-                await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-    finally:
-        finished = work.done()
-        if not finished:
-            work.cancel()
-    if finished:
-        work.result()  # re-raise what *waiting* raised, if anything
-    return finished
+
+    def __init__(self, fallback: wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        if _switch.instant:
+            return 0.0
+        outcome = retry_state.outcome
+        requested = requested_wait(outcome.exception() if outcome else None)
+        return self.fallback(retry_state) if requested is None else requested
+
+
+def _too_long(error: DifyError, max_retry_after: float | None) -> bool:
+    if max_retry_after is None:
+        return False
+    requested = requested_wait(error)
+    return requested is not None and requested > max_retry_after
 
 
 async def call_with_retries(
-    attempt: Callable[[], Awaitable[T]],
+    send: Callable[[], Awaitable[T]],
     *,
-    policy: RetryPolicy,
+    conversation_id: str,
     idempotent: bool,
-    started: float,
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    failed: DifyError | None = None,
+    max_retries: int,
+    max_retry_after: float | None,
+    deadline_at: float | None,
+    on_retry: Callable[[RetryEvent], object] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
-    """Await *attempt*, retrying it under *policy*.
+    """Await *send*, retrying it while that can help and cannot harm.
 
-    Every :class:`DifyError` that escapes has ``attempts`` set to the number of
-    attempts made.
+    Every :class:`DifyError` that escapes has ``attempts`` set.
 
     Args:
-        attempt: Sends the request once; raises :class:`DifyError` on failure.
-        policy: How many retries, how long to wait, the deadline.
+        send: Sends the request once; raises :class:`DifyError` on failure.
+        conversation_id: For the :class:`RetryEvent`.
         idempotent: Whether the request may be repeated at no cost.
-        started: The loop time when the call began (for the deadline).
+        max_retries: Retries after the first attempt.
+        max_retry_after: The longest ``Retry-After`` worth waiting for
+            (``None``: any).
+        deadline_at: The loop time by which the call must end, or ``None``.
+        on_retry: Called with a :class:`RetryEvent` before each retry wait.
         sleep: Waits between attempts (the client's returns early when it
             is closed, so the next attempt fails at once).
-        failed: What the first attempt ended with, when the caller made it
-            itself (so that a call that succeeds never gets here); *attempt*
-            then makes the retries only.
     """
-    if failed is None:
-        try:
-            return await attempt()
-        except DifyError as error:
-            failed = error
-    failed.attempts = 1
-    if policy.max_retries <= 0 or not is_retryable(failed, idempotent=idempotent):
-        raise failed
-    first: DifyError | None = failed
+    try:
+        return await send()
+    except DifyError as error:
+        failure = error
+    failure.attempts = 1
 
-    controller = _Controller(policy, started)
-    count = 1
+    def worth_retrying(error: BaseException) -> bool:
+        return (
+            isinstance(error, DifyError)
+            and is_retryable(error, idempotent=idempotent)
+            and not _too_long(error, max_retry_after)
+        )
 
-    async def replay_then_send() -> T:
-        # Tenacity's first attempt is the failure we already have.
-        nonlocal first, count
-        if first is not None:
-            error, first = first, None
-            raise error
-        count += 1
-        try:
-            return await attempt()
-        except DifyError as error:
-            error.attempts = count
-            raise
+    if max_retries == 0 or not worth_retrying(failure):
+        raise failure
 
-    async def pause(seconds: float) -> None:
-        await sleep(seconds)
+    async def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        assert isinstance(error, DifyError)  # noqa: S101  (only those are retried)
+        event = RetryEvent(
+            state.attempt_number,
+            error,
+            state.upcoming_sleep,
+            error.method or "POST",
+            error.url or "",
+            conversation_id,
+        )
+        await _announce(event, max_retries + 1, on_retry)
 
+    stop: stop_base = stop_after_attempt(max_retries + 1)
+    if deadline_at is not None:
+        # tenacity's clock starts with the state below, that is now.
+        remaining = deadline_at - asyncio.get_running_loop().time()
+        stop = stop | stop_before_delay(max(remaining, 0.0))
     retrying = AsyncRetrying(
-        stop=controller.stop,
-        wait=controller.wait,
-        retry=retry_if_exception(
-            lambda e: (
-                isinstance(e, DifyError) and is_retryable(e, idempotent=idempotent)
-            )
-        ),
-        before_sleep=controller.before_sleep,
-        sleep=pause,
+        stop=stop,
+        wait=wait_retry_after(BACKOFF),
+        retry=retry_if_exception(worth_retrying),
+        before_sleep=before_sleep,
         reraise=True,
     )
-    return await retrying(replay_then_send)
+    retrying.begin()
+    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+    state.set_exception((type(failure), failure, failure.__traceback__))
+    while True:
+        # tenacity decides: raise the last error, return the result, or sleep.
+        action = await retrying.iter(retry_state=state)
+        if not isinstance(action, DoSleep):
+            return cast("T", action)
+        state.prepare_for_next_attempt()
+        await sleep(action)
+        try:
+            state.set_result(await send())
+        except DifyError as error:
+            error.attempts = state.attempt_number
+            state.set_exception((type(error), error, error.__traceback__))
+
+
+async def _announce(
+    event: RetryEvent, attempts: int, on_retry: Callable[[RetryEvent], object] | None
+) -> None:
+    """Log one WARNING line for a retry, and call the user's hook."""
+    logger.warning(
+        "Retrying %s %s in %.2f s (attempt %d of %d failed: %s)",
+        event.method,
+        event.url,
+        event.wait,
+        event.attempt,
+        attempts,
+        event.error.label,
+    )
+    if on_retry is None:
+        return
+    try:
+        result = on_retry(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("on_retry hook raised; the call goes on")

@@ -1,7 +1,11 @@
 """The sans-I/O core: build the request, read the response.
 
 Pure functions with no network and no event loop, so every answer a server can
-give is testable directly. The aiohttp client is a thin shell around them.
+give is testable directly. :func:`build_request` makes the request exactly as
+it goes on the wire (URL, headers, body bytes); :func:`decode_response` turns
+what came back (status, headers, the body as read, and whether it was read
+whole) into a :class:`Conversation` or the right :class:`DifyError`. Server
+text kept in an error never holds the API key: it is redacted here.
 """
 
 from __future__ import annotations
@@ -9,13 +13,14 @@ from __future__ import annotations
 import json
 import json.encoder
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from http import HTTPStatus
+from typing import Final, NamedTuple
 
 import attrs
 import cattrs
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from ._converter import (
     structure_conversation,
@@ -28,7 +33,6 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     InternalServerError,
-    InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
     PermissionDeniedError,
@@ -37,22 +41,24 @@ from ._exceptions import (
     UnsupportedMediaTypeError,
 )
 from ._models import Conversation, RenameRequest
-from ._retry_after import parse_retry_after
 
 __all__ = [
-    "DEFAULT_BASE_URL",
+    "REDACTED",
+    "Endpoint",
     "PreparedRequest",
-    "build_headers",
+    "Response",
     "build_request",
     "decode_response",
     "encode_body",
     "excerpt",
-    "normalize_base_url",
+    "make_endpoint",
+    "redact",
 ]
 
-DEFAULT_BASE_URL: Final = "https://api.dify.ai/v1"
 METHOD: Final = "POST"
 EXCERPT_LIMIT: Final = 300
+REDACTED: Final = "***"
+"""What the API key is replaced with in server text kept by an error."""
 
 _STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
     400: BadRequestError,
@@ -70,52 +76,75 @@ _SPACE = re.compile(r"\s+").sub
 
 
 @attrs.frozen
-class PreparedRequest:
-    """Everything needed to put one rename on the wire."""
+class Endpoint:
+    """What every request of one client shares: base URL, headers, the key.
 
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
-
-
-def normalize_base_url(base_url: str) -> str:
-    """Check a base URL and return it without a trailing slash.
-
-    Raises:
-        InvalidRequestError: it is not an absolute ``http(s)`` URL, or it holds
-            credentials, a query or a fragment.
+    Built once per client by :func:`make_endpoint`. The headers and the key
+    are kept out of the ``repr``.
     """
-    if not isinstance(base_url, str):
-        raise InvalidRequestError(
-            f"base_url must be a str, got {type(base_url).__name__}"
-        )
-    try:
-        url = URL(base_url.strip())
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequestError(f"base_url is not a URL: {exc}") from None
-    if url.scheme not in {"http", "https"} or not url.host:
-        raise InvalidRequestError(
-            "base_url must be an absolute http:// or https:// URL such as "
-            f"{DEFAULT_BASE_URL!r}"
-        )
-    if url.user is not None or url.password is not None:
-        raise InvalidRequestError(
-            "base_url must not contain credentials; pass the key as api_key"
-        )
-    if url.query_string or url.fragment:
-        raise InvalidRequestError("base_url must not have a query or a fragment")
-    return str(url).rstrip("/")
+
+    base_url: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    secret: bytes = attrs.field(repr=False)
 
 
-def build_headers(api_key: str, user_agent: str) -> dict[str, str]:
-    """Return the headers every rename sends."""
-    return {
+def make_endpoint(base_url: str, api_key: str, user_agent: str) -> Endpoint:
+    """Return the shared parts of every rename a client sends.
+
+    Args:
+        base_url: A checked base URL without a trailing slash.
+        api_key: A key that :func:`~dify_async._validation.check_api_key`
+            accepted.
+        user_agent: The ``User-Agent`` header.
+    """
+    headers = {
         "Authorization": f"Bearer {api_key}",
         "Content-Type": "application/json",
         "Accept": "application/json",
         "User-Agent": user_agent,
     }
+    return Endpoint(base_url, headers, api_key.encode())
+
+
+@attrs.frozen
+class PreparedRequest:
+    """One rename exactly as it goes on the wire, and what its answer needs.
+
+    Attributes:
+        method: The HTTP method.
+        url: The full URL, already encoded.
+        headers: Every header the rename sends (kept out of the ``repr``).
+        body: The JSON body (kept out of the ``repr``).
+        conversation_id: The canonical id, which a success must carry back.
+        idempotent: Whether sending it twice is harmless (an explicit name),
+            or may cost a second LLM call (``auto_generate``).
+        secret: The key, to redact from server text (kept out of the ``repr``).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
+    conversation_id: str
+    idempotent: bool
+    secret: bytes = attrs.field(repr=False)
+
+
+class Response(NamedTuple):
+    """An answer as read off the wire.
+
+    Attributes:
+        status: The HTTP status.
+        headers: The response headers.
+        body: The decoded body as read (empty when it was not read whole).
+        complete: Whether *body* is the whole body; ``False`` when it went
+            past the client's ``max_response_size``.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    complete: bool = True
 
 
 def _make_iterencode() -> Callable[[object, int], Iterable[str]]:
@@ -150,25 +179,27 @@ def encode_body(request: RenameRequest) -> bytes:
     return "".join(_iterencode(unstructure_request(request), 0)).encode()
 
 
-def build_request(
-    base_url: str, headers: Mapping[str, str], request: RenameRequest
-) -> PreparedRequest:
-    """Return the method, URL, headers and body of one rename.
+def build_request(endpoint: Endpoint, request: RenameRequest) -> PreparedRequest:
+    """Return one rename as it goes on the wire.
 
     Args:
-        base_url: A base URL as :func:`normalize_base_url` returns it.
-        headers: As :func:`build_headers` returns them.
+        endpoint: The client's base URL, headers and key.
         request: The validated rename.
     """
-    return PreparedRequest(  # method, url, headers, body
+    conversation_id = request.conversation_id
+    return PreparedRequest(
         METHOD,
-        f"{base_url}/conversations/{request.conversation_id}/name",
-        headers,
+        f"{endpoint.base_url}/conversations/{conversation_id}/name",
+        endpoint.headers,
         encode_body(request),
+        conversation_id,
+        not request.auto_generate,
+        endpoint.secret,
     )
 
 
 _MULTIDICTS: Final = CIMultiDictProxy | CIMultiDict
+_NO_SECRET: Final = b"\x00no secret\x00"  # a key never holds NUL
 
 
 def decode_response(
@@ -176,28 +207,61 @@ def decode_response(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    method: str = METHOD,
-    url: str | None = None,
+    request: PreparedRequest | None = None,
+    complete: bool = True,
 ) -> Conversation:
     """Turn a response into a :class:`Conversation`, or raise the right error.
 
     Args:
         status: The HTTP status.
         headers: The response headers.
-        body: The raw body.
-        method: The request method, carried into errors.
-        url: The request URL, carried into errors.
+        body: The decoded body as read.
+        request: The request this answers: its method and URL go into
+            errors, a success must carry its conversation id, and its key is
+            redacted from any server text an error keeps. ``None`` skips
+            all three (for tests of the decoding alone).
+        complete: ``False`` when the body went past ``max_response_size``
+            and was not read whole.
 
     Raises:
         APIStatusError: any status outside 2xx, as the subclass for that
-            status (see the exception tree).
-        APIResponseValidationError: 2xx, but the body is not a conversation.
+            status (see the exception tree); a plain :class:`APIStatusError`
+            for statuses outside 100-599.
+        APIResponseValidationError: 2xx, but the body is not the requested
+            conversation.
     """
-    if not isinstance(headers, _MULTIDICTS):
-        headers = CIMultiDictProxy(CIMultiDict(headers))
+    secret = _NO_SECRET if request is None else request.secret
+    if secret in body:
+        body = redact(body, secret)
     if 200 <= status < 300:  # noqa: PLR2004
-        return _decode_conversation(status, headers, body, method, url)
-    raise _status_error(status, headers, body, method, url)
+        conversation = _decode_conversation(status, headers, body, complete, request)
+        if request is None or conversation.id == request.conversation_id:
+            return conversation
+        return _check_id(conversation, status, headers, body, request)
+    raise _status_error(status, headers, body, complete, request)
+
+
+def redact(text: bytes, secret: bytes) -> bytes:
+    """Return *text* with every occurrence of *secret* replaced by ``***``."""
+    return text.replace(secret, REDACTED.encode())
+
+
+def _safe_headers(
+    headers: Mapping[str, str], request: PreparedRequest | None
+) -> CIMultiDictProxy[str]:
+    """The headers an error keeps: read-only, case-insensitive, key redacted."""
+    if request is not None:
+        secret = request.secret.decode()
+        if any(secret in value for value in headers.values()):
+            return CIMultiDictProxy(
+                CIMultiDict(
+                    (name, value.replace(secret, REDACTED))
+                    for name, value in headers.items()
+                )
+            )
+    if isinstance(headers, CIMultiDictProxy):
+        return headers
+    return CIMultiDictProxy(CIMultiDict(headers))
 
 
 def excerpt(body: bytes, content_type: str | None = None) -> str:
@@ -210,60 +274,97 @@ def excerpt(body: bytes, content_type: str | None = None) -> str:
     if "html" in (content_type or "") or text.lstrip()[:1] == "<":
         title = _TITLE(text)
         text = title[1] if title else _TAGS(" ", text)
+    return _printable(text)
+
+
+def _printable(text: str) -> str:
+    """*text* on one line, printable, at most :data:`EXCERPT_LIMIT` characters."""
+    text = text[: EXCERPT_LIMIT * 8]
     text = _SPACE(" ", "".join(c if c.isprintable() else " " for c in text)).strip()
     if len(text) > EXCERPT_LIMIT:
         text = text[: EXCERPT_LIMIT - 3] + "..."
     return text
 
 
-def _decode_conversation(
-    status: int,
-    headers: Mapping[str, str],
-    body: bytes,
-    method: str,
-    url: str | None,
-) -> Conversation:
+def _json(body: bytes) -> object:
+    """The JSON value of *body*; raise ValueError when it has none.
+
+    Deep nesting (RecursionError), invalid UTF-8 and numbers too long to
+    convert all count as "not JSON".
+    """
     try:
         # json.loads(bytes) guesses the encoding in Python at every call; by
         # its own rule, a body that opens with "{" and a non-NUL byte is UTF-8.
         if body[:1] == b"{" and body[1:2] != b"\x00":
-            data: Any = json.loads(body.decode("utf-8", "surrogatepass"))
-        else:
-            data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        shown = excerpt(body, headers.get("Content-Type"))
-        raise APIResponseValidationError(
-            f"HTTP {status} with a body that is not JSON: {shown!r}",
+            return json.loads(body.decode("utf-8", "surrogatepass"))
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError as exc:  # a ValueError, said plainly
+        raise ValueError("not valid UTF-8") from exc
+
+
+def _decode_conversation(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    complete: bool,
+    request: PreparedRequest | None,
+) -> Conversation:
+    def invalid(message: str, shown: object) -> APIResponseValidationError:
+        return APIResponseValidationError(
+            f"HTTP {status} with {message}",
             status_code=status,
-            headers=headers,
+            headers=_safe_headers(headers, request),
             body=shown,
-            method=method,
-            url=url,
-        ) from None
-    if type(data) is not dict:
-        raise APIResponseValidationError(
-            f"HTTP {status} with a JSON {type(data).__name__}, not a conversation",
-            status_code=status,
-            headers=headers,
-            body=data,
-            method=method,
-            url=url,
+            method=METHOD if request is None else request.method,
+            url=None if request is None else request.url,
         )
+
+    if not complete:
+        raise invalid("a body larger than max_response_size; not read", None)
+    try:
+        data = _json(body)
+    except ValueError:
+        shown = excerpt(body, headers.get("Content-Type"))
+        raise invalid(f"a body that is not JSON: {shown!r}", shown) from None
+    if type(data) is not dict:
+        kind = type(data).__name__
+        raise invalid(f"a JSON {kind}, not a conversation", data)
     try:
         return structure_conversation_quickly(data, Conversation)
-    except Exception:  # noqa: BLE001, S110  (the detailed hook below says what)
-        pass
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError):
+        # The quick hook does not say which field is wrong; this one does.
+        try:
+            return structure_conversation(data, Conversation)
+        except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+            detail = _describe(exc)
+            raise invalid(f"a body that is not a conversation: {detail}", data) from exc
+
+
+def _check_id(
+    conversation: Conversation,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    request: PreparedRequest,
+) -> Conversation:
+    """Accept another spelling of the requested id; refuse another id."""
     try:
-        return structure_conversation(data, Conversation)
-    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
-        raise APIResponseValidationError(
-            f"HTTP {status} with a body that is not a conversation: {_describe(exc)}",
-            status_code=status,
-            headers=headers,
-            body=data,
-            method=method,
-            url=url,
-        ) from exc
+        same = uuid.UUID(conversation.id) == uuid.UUID(request.conversation_id)
+    except ValueError:
+        same = False
+    if same:
+        return conversation
+    raise APIResponseValidationError(
+        f"HTTP {status} for conversation {request.conversation_id} carried "
+        f"another conversation's id: {_printable(conversation.id)!r}",
+        status_code=status,
+        headers=_safe_headers(headers, request),
+        body=excerpt(body),
+        method=request.method,
+        url=request.url,
+    )
 
 
 def _describe(exc: Exception) -> str:
@@ -277,15 +378,16 @@ def _status_error(
     status: int,
     headers: Mapping[str, str],
     body: bytes,
-    method: str,
-    url: str | None,
+    complete: bool,
+    request: PreparedRequest | None,
 ) -> APIStatusError:
     code: str | None = None
-    decoded: object
-    try:
-        decoded = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        decoded = excerpt(body, headers.get("Content-Type"))
+    decoded: object = None
+    if complete:
+        try:
+            decoded = _json(body)
+        except ValueError:
+            decoded = excerpt(body, headers.get("Content-Type"))
     if (
         type(decoded) is dict
         and type(decoded.get("code")) is str
@@ -296,38 +398,35 @@ def _status_error(
     elif 300 <= status < 400:  # noqa: PLR2004
         message = _redirect_message(status, headers)
     else:
-        reason = _reason(status)
-        shown = decoded if isinstance(decoded, str) else excerpt(body)
-        message = f"HTTP {status} {reason}".rstrip()
-        if shown and shown not in message:
-            message += f": {shown}"
+        message = f"HTTP {status} {_reason(status)}".rstrip()
+        if not complete:
+            message += ", with a body larger than max_response_size (not read)"
+        else:
+            shown = decoded if isinstance(decoded, str) else excerpt(body)
+            if shown and shown not in message:
+                message += f": {shown}"
         if status == 404:  # noqa: PLR2004
             # Dify answers an unknown conversation in JSON; a page means the
             # URL matched no route at all.
             message += " (no Dify route matched: check that base_url ends in /v1)"
-    cls = _STATUS_ERRORS.get(status)
-    if cls is None:
-        cls = InternalServerError if status >= 500 else APIStatusError  # noqa: PLR2004
-    if cls is RateLimitError:
-        return RateLimitError(
-            message,
-            status_code=status,
-            code=code,
-            headers=headers,
-            body=decoded,
-            retry_after=parse_retry_after(headers),
-            method=method,
-            url=url,
-        )
-    return cls(
+    return _status_class(status)(
         message,
         status_code=status,
         code=code,
-        headers=headers,
+        headers=_safe_headers(headers, request),
         body=decoded,
-        method=method,
-        url=url,
+        method=METHOD if request is None else request.method,
+        url=None if request is None else request.url,
     )
+
+
+def _status_class(status: int) -> type[APIStatusError]:
+    cls = _STATUS_ERRORS.get(status)
+    if cls is not None:
+        return cls
+    if 500 <= status < 600:  # noqa: PLR2004
+        return InternalServerError
+    return APIStatusError
 
 
 def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
@@ -335,7 +434,7 @@ def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
     if location is None:
         return f"HTTP {status} redirect without a Location; not followed"
     # Show where it points, without any query string (it could carry a token).
-    shown = excerpt(location.split("?", 1)[0].encode())
+    shown = _printable(location.split("?", 1)[0])
     return (
         f"HTTP {status} redirect to {shown} not followed (the API key is never "
         "sent to another URL); check base_url: use https:// and include /v1"
@@ -343,8 +442,6 @@ def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus  # noqa: PLC0415  (only on the error path)
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:

@@ -7,19 +7,30 @@ a name over 255 characters, a server error that no retry can fix).
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
+from typing import Final
+
+from yarl import URL
 
 from ._exceptions import InvalidRequestError
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "MAX_NAME_LENGTH",
     "check_api_key",
     "check_auto_generate",
+    "check_callable",
+    "check_count",
     "check_name",
+    "check_seconds",
     "check_user",
+    "normalize_base_url",
     "normalize_conversation_id",
 ]
+
+DEFAULT_BASE_URL: Final = "https://api.dify.ai/v1"
 
 MAX_NAME_LENGTH = 255
 """Dify stores names in a ``String(255)`` column; longer ones fail as a 500."""
@@ -159,3 +170,81 @@ def _check_unicode(field: str, value: str) -> None:
         raise InvalidRequestError(
             f"{field} is not valid Unicode (it holds a lone surrogate)"
         ) from None
+
+
+def normalize_base_url(base_url: object) -> str:
+    """Check a base URL and return it without a trailing slash.
+
+    Raises:
+        InvalidRequestError: it is not an absolute ``http(s)`` URL, or it holds
+            credentials, a query or a fragment.
+    """
+    if not isinstance(base_url, str):
+        raise InvalidRequestError(
+            f"base_url must be a str, got {type(base_url).__name__}"
+        )
+    try:
+        url = URL(base_url.strip())
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"base_url is not a URL: {exc}") from None
+    if url.scheme not in {"http", "https"} or not url.host:
+        raise InvalidRequestError(
+            "base_url must be an absolute http:// or https:// URL such as "
+            f"{DEFAULT_BASE_URL!r}"
+        )
+    if url.user is not None or url.password is not None:
+        raise InvalidRequestError(
+            "base_url must not contain credentials; pass the key as api_key"
+        )
+    if url.query_string or url.fragment:
+        raise InvalidRequestError("base_url must not have a query or a fragment")
+    return str(url).rstrip("/")
+
+
+def check_seconds(
+    value: object, what: str, *, allow_none: bool = False
+) -> float | None:
+    """Return *value* as float seconds if it is a positive, finite number.
+
+    Args:
+        value: The setting.
+        what: Its name, for the message.
+        allow_none: Whether ``None`` ("no limit") is accepted.
+
+    Raises:
+        InvalidRequestError: it is not.
+    """
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value > 0
+        and math.isfinite(value)
+    ):
+        return float(value)
+    expected = "positive seconds or None" if allow_none else "positive seconds"
+    raise InvalidRequestError(f"{what} must be {expected}, got {value!r}")
+
+
+def check_count(value: object, what: str, *, minimum: int) -> int:
+    """Return *value* if it is an int of at least *minimum* (bools are not).
+
+    Raises:
+        InvalidRequestError: it is not.
+    """
+    if type(value) is int and value >= minimum:
+        return value
+    raise InvalidRequestError(f"{what} must be an int >= {minimum}, got {value!r}")
+
+
+def check_callable(value: object, what: str) -> None:
+    """Check that *value* is ``None`` or callable.
+
+    Raises:
+        InvalidRequestError: it is neither.
+    """
+    if value is not None and not callable(value):
+        raise InvalidRequestError(
+            f"{what} must be a callable or None, got {type(value).__name__}"
+        )

@@ -437,33 +437,27 @@ async def test_rename_stream_of_nothing(fake, client):
 # -- max_rate ------------------------------------------------------------------
 
 
-async def test_pacer_spaces_slots_evenly():
-    """Callers get slots at least 1/rate apart."""
+def test_pacer_spaces_slots_evenly():
+    """Callers that arrive together get slots exactly 1/rate apart."""
     pacer = Pacer(50.0)
-    loop = asyncio.get_running_loop()
-    times: list[tuple[int, float]] = []
-
-    async def call(n: int) -> None:
-        await pacer.wait()
-        times.append((n, loop.time()))
-
-    start = loop.time()
-    await asyncio.gather(*(call(n) for n in range(6)))
-    # The k-th caller may not go before start + k / rate (it may go later).
-    assert len(times) == 6
-    assert all(at - start >= n * 0.02 - 0.002 for n, at in times)
+    waits = [pacer.reserve(100.0, None) for _ in range(6)]
+    assert waits == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08, 0.1])
 
 
-async def test_pacer_does_not_bank_idle_time():
+def test_pacer_does_not_bank_idle_time():
     """After an idle spell the next caller goes at once, without a burst after it."""
     pacer = Pacer(20.0)
-    loop = asyncio.get_running_loop()
-    await pacer.wait()
-    await asyncio.sleep(0.2)
-    start = loop.time()
-    await pacer.wait()
-    await pacer.wait()
-    assert loop.time() - start >= 0.05 - 0.002
+    assert pacer.reserve(10.0, None) == 0.0
+    assert pacer.reserve(10.2, None) == 0.0
+    assert pacer.reserve(10.2, None) == pytest.approx(0.05)
+
+
+def test_pacer_reserves_nothing_past_the_callers_deadline():
+    """A slot after the caller's latest time is refused and stays free."""
+    pacer = Pacer(1.0)
+    assert pacer.reserve(0.0, None) == 0.0
+    assert pacer.reserve(0.0, 0.5) is None  # the next slot is at 1.0
+    assert pacer.reserve(0.0, 2.0) == 1.0  # still free for the next caller
 
 
 async def test_max_rate_is_shared_by_every_call_of_a_client(fake):

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from faulty_servers import KEY, FaultyServer, ok
 
 import dify_async
 from dify_async import (
@@ -270,13 +271,15 @@ class TestConfiguration:
 
 
 class TestLifecycle:
-    async def test_own_session_is_closed_on_exit(self, fake):
-        """A session the client made is closed when the block ends."""
-        async with AsyncDifyClient(fake.api_key, base_url=fake.base_url) as client:
-            session = client._session
-            assert session is not None
-            assert not session.closed
-        assert session.closed
+    async def test_own_session_is_closed_on_exit(self):
+        """The client's own connections are closed when the block ends."""
+        async with FaultyServer(ok) as server:
+            async with AsyncDifyClient(KEY, base_url=server.base_url) as client:
+                await client.rename_conversation(CID, name="x", user="u")
+                assert server.open_connections == 1  # kept alive in the pool
+            await server.wait_until_idle()
+            assert server.open_connections == 0
+            assert server.closed_by_peer == 1
         assert client.closed
 
     async def test_borrowed_session_is_never_closed(self, fake):
@@ -322,7 +325,6 @@ class TestLifecycle:
         client = await asyncio.to_thread(
             AsyncDifyClient, fake.api_key, base_url=fake.base_url
         )
-        assert client._session is None
         cid = fake.add_conversation(user="u")
         try:
             await client.rename_conversation(cid, name="lazy", user="u")
@@ -330,11 +332,11 @@ class TestLifecycle:
             await client.close()
         assert fake.get_conversation(cid).name == "lazy"
 
-    async def test_closing_an_unused_client_creates_nothing(self):
-        """Closing a client that never sent anything needs no session."""
+    def test_closing_an_unused_client_needs_no_event_loop_work(self):
+        """A client that never sent anything closes cleanly, in any loop."""
         client = AsyncDifyClient("app-x")
-        await client.close()
-        assert client._session is None
+        asyncio.run(client.close())
+        assert client.closed
 
 
 class TestSecrets:

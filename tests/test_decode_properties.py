@@ -15,10 +15,14 @@ from dify_async import (
     Conversation,
     DifyError,
     RateLimitError,
+    RenameRequest,
 )
-from dify_async._sansio import decode_response
+from dify_async._sansio import build_request, decode_response, make_endpoint
 
 CID = "45701982-8118-4bc5-8e9b-64562b4555f2"
+REQUEST = build_request(
+    make_endpoint("https://h/v1", "app-k", "ua"), RenameRequest(CID, "u", "n")
+)
 
 json_values = st.recursive(
     st.none()
@@ -92,7 +96,7 @@ def decode_or_error(
 ) -> Conversation | DifyError:
     """What decoding gives: the conversation, or the DifyError it raised."""
     try:
-        return decode_response(status, headers, body, url="https://h/v1/x")
+        return decode_response(status, headers, body, request=REQUEST)
     except DifyError as error:
         return error
 

@@ -19,23 +19,21 @@ from dify_async import (
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
+    CertificateVerificationError,
     ClientClosedError,
     DifyError,
     InternalServerError,
     InvalidRequestError,
     RateLimitError,
+    RetryEvent,
 )
-from dify_async._retry import (
-    RetryPolicy,
-    backoff,
-    call_with_retries,
-    is_retryable,
-    unless_set,
-)
+from dify_async._pacing import unless_set
+from dify_async._retry import call_with_retries, is_retryable
 from dify_async._retry_after import parse_retry_after
 from dify_async.testing import instant_retries, set_instant_retries
 
-URL = "https://api.dify.ai/v1/conversations/45701982-8118-4bc5-8e9b-64562b4555f2/name"
+CID = "45701982-8118-4bc5-8e9b-64562b4555f2"
+URL = f"https://api.dify.ai/v1/conversations/{CID}/name"
 NOW = 1_705_407_629.0
 
 
@@ -48,7 +46,6 @@ def status_error(status: int, headers: dict[str, str] | None = None) -> APIStatu
             code=None,
             headers=headers,
             body=None,
-            retry_after=parse_retry_after(headers),
             method="POST",
             url=URL,
         )
@@ -106,6 +103,7 @@ def test_other_statuses_are_never_retried(status):
 @pytest.mark.parametrize(
     "error",
     [
+        CertificateVerificationError("self-signed", request_sent=False),
         ClientClosedError("closed"),
         InvalidRequestError("bad"),
         APIResponseValidationError("x", status_code=200, headers={}, body=None),
@@ -115,34 +113,6 @@ def test_other_statuses_are_never_retried(status):
 def test_errors_that_are_not_transient_are_never_retried(error):
     """A closed client, a bad argument or a bad 2xx body is never retried."""
     assert not is_retryable(error, idempotent=True)
-
-
-# -- backoff ----------------------------------------------------------------------
-
-DEFAULT = RetryPolicy(max_retries=2, deadline=None, max_retry_after=60.0)
-
-
-@given(attempt=st.integers(1, 100_000))
-def test_backoff_stays_under_its_capped_ceiling(attempt):
-    """Each wait is between 0 and min(8 s, 0.5 s * 2 ** (attempt - 1))."""
-    wait = backoff(attempt, DEFAULT)
-    assert 0 <= wait <= min(8.0, 0.5 * 2.0 ** min(attempt - 1, 64))
-
-
-def test_backoff_is_fully_jittered():
-    """Waits spread over the whole range: no two clients retry in lockstep."""
-    waits = [backoff(3, DEFAULT) for _ in range(400)]
-    assert min(waits) < 0.5
-    assert max(waits) > 1.5
-    assert len(set(waits)) > 390
-
-
-def test_backoff_respects_a_custom_policy():
-    """backoff_initial and backoff_max shape the ceiling."""
-    policy = RetryPolicy(
-        max_retries=9, deadline=None, max_retry_after=1, backoff_max=0.05
-    )
-    assert all(backoff(n, policy) <= 0.05 for n in range(1, 50))
 
 
 # -- Retry-After parsing ----------------------------------------------------------
@@ -253,24 +223,28 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-def policy(**changes: float | None) -> RetryPolicy:
-    settings: dict[str, float | None] = {
-        "max_retries": 2,
-        "deadline": None,
-        "max_retry_after": 60.0,
-    }
-    settings.update(changes)
-    return RetryPolicy(**settings)  # type: ignore[arg-type]
-
-
-async def run(script: Script, sleeps: Sleeps | None = None, **kwargs) -> str:
-    kwargs.setdefault("policy", policy())
-    kwargs.setdefault("idempotent", True)
+async def run(
+    script: Script,
+    sleeps: Sleeps | None = None,
+    *,
+    idempotent: bool = True,
+    max_retries: int = 2,
+    max_retry_after: float | None = 60.0,
+    deadline: float | None = None,
+    on_retry: Callable[[RetryEvent], object] | None = None,
+) -> str:
+    deadline_at = None
+    if deadline is not None:
+        deadline_at = asyncio.get_running_loop().time() + deadline
     return await call_with_retries(
         script,
-        started=asyncio.get_running_loop().time(),
+        conversation_id=CID,
+        idempotent=idempotent,
+        max_retries=max_retries,
+        max_retry_after=max_retry_after,
+        deadline_at=deadline_at,
+        on_retry=on_retry,
         sleep=sleeps if sleeps is not None else Sleeps(),
-        **kwargs,
     )
 
 
@@ -298,7 +272,7 @@ async def test_gives_up_after_max_retries_with_attempts_set():
     """After max_retries retries the last error is raised with attempts set."""
     script = Script(*[a_502] * 10)
     with pytest.raises(InternalServerError) as caught:
-        await run(script, policy=policy(max_retries=3))
+        await run(script, max_retries=3)
     assert caught.value.attempts == script.calls == 4
 
 
@@ -307,7 +281,7 @@ async def test_max_retries_counts_retries_not_attempts(max_retries):
     """max_retries=N means at most N + 1 attempts."""
     script = Script(*[a_502] * 10)
     with pytest.raises(InternalServerError):
-        await run(script, policy=policy(max_retries=max_retries))
+        await run(script, max_retries=max_retries)
     assert script.calls == max_retries + 1
 
 
@@ -315,7 +289,7 @@ async def test_a_non_retryable_error_stops_at_once():
     """A 404 after a 502 is raised at once, with the attempts so far."""
     script = Script(a_502, lambda: status_error(404), a_502)
     with pytest.raises(APIStatusError) as caught:
-        await run(script, policy=policy(max_retries=5))
+        await run(script, max_retries=5)
     assert caught.value.status_code == 404
     assert caught.value.attempts == script.calls == 2
 
@@ -332,7 +306,7 @@ async def test_auto_generate_is_retried_after_a_503_then_stops_at_a_502():
     """A non-idempotent call goes past a 503 but stops at the 502 that follows."""
     script = Script(lambda: status_error(503), a_502)
     with pytest.raises(InternalServerError) as caught:
-        await run(script, idempotent=False, policy=policy(max_retries=5))
+        await run(script, idempotent=False, max_retries=5)
     assert caught.value.status_code == 502
     assert caught.value.attempts == 2
 
@@ -340,7 +314,7 @@ async def test_auto_generate_is_retried_after_a_503_then_stops_at_a_502():
 async def test_backoff_waits_grow_and_stay_capped():
     """Waits between attempts follow capped full-jitter backoff."""
     sleeps = Sleeps()
-    await run(Script(*[a_502] * 6), sleeps, policy=policy(max_retries=6))
+    await run(Script(*[a_502] * 6), sleeps, max_retries=6)
     ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
     assert len(sleeps) == 6
     assert all(0 <= w <= c for w, c in zip(sleeps, ceilings, strict=True))
@@ -375,19 +349,39 @@ async def test_retry_after_at_the_cap_is_waited():
     assert sleeps == [60.0]
 
 
+async def test_no_cap_waits_for_any_retry_after():
+    """max_retry_after=None honours even a very long Retry-After."""
+    sleeps = Sleeps()
+    script = Script(lambda: status_error(429, {"Retry-After": "86400"}))
+    await run(script, sleeps, max_retry_after=None)
+    assert sleeps == [86400.0]
+
+
+async def test_backoff_is_fully_jittered():
+    """Waits spread over the whole range: no two clients retry in lockstep."""
+    sleeps = Sleeps()
+    for _ in range(200):
+        await run(Script(a_502, a_502, a_502), sleeps, max_retries=3)
+    third = sleeps[2::3]
+    assert all(0 <= w <= 2.0 for w in third)
+    assert min(third) < 0.5
+    assert max(third) > 1.5
+    assert len(set(third)) > 190
+
+
 async def test_a_wait_that_would_pass_the_deadline_is_not_made():
     """No retry is made when its wait would end past the deadline."""
     sleeps = Sleeps()
     script = Script(lambda: status_error(429, {"Retry-After": "5"}))
     with pytest.raises(RateLimitError) as caught:
-        await run(script, sleeps, policy=policy(deadline=4.0))
+        await run(script, sleeps, deadline=4.0)
     assert caught.value.attempts == 1
     assert sleeps == []
 
 
 async def test_retries_stop_at_the_deadline():
     """Waits planned together never pass the deadline, and really are slept."""
-    script = Script(*[a_502] * 1000)
+    script = Script(*[lambda: status_error(503, {"retry-after-ms": "20"})] * 1000)
     planned: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -398,11 +392,11 @@ async def test_retries_stop_at_the_deadline():
     with pytest.raises(InternalServerError):
         await call_with_retries(
             script,
-            policy=policy(
-                max_retries=1000, deadline=0.3, backoff_initial=0.01, backoff_max=0.02
-            ),
+            conversation_id=CID,
             idempotent=True,
-            started=asyncio.get_running_loop().time(),
+            max_retries=1000,
+            max_retry_after=60.0,
+            deadline_at=asyncio.get_running_loop().time() + 0.3,
             sleep=sleep,
         )
     assert sum(planned) < 0.3
@@ -425,17 +419,20 @@ async def test_instant_retries_skip_waits_but_not_decisions():
 async def test_instant_retries_restores_the_global_switch():
     """set_instant_retries() holds until undone; instant_retries() restores it."""
     sleeps = Sleeps()
-    slow = policy(backoff_initial=100.0, backoff_max=100.0)
+
+    def slow() -> DifyError:
+        return status_error(503, {"Retry-After": "30"})
+
     try:
         set_instant_retries(True)
         with instant_retries():
             pass
-        await run(Script(a_502), sleeps, policy=slow)
+        await run(Script(slow), sleeps)
         set_instant_retries(False)
-        await run(Script(a_502), sleeps, policy=slow)
+        await run(Script(slow), sleeps)
         with instant_retries():
-            await run(Script(a_502), sleeps, policy=slow)
-        await run(Script(a_502), sleeps, policy=slow)
+            await run(Script(slow), sleeps)
+        await run(Script(slow), sleeps)
     finally:
         set_instant_retries(False)
     assert sleeps[0] == 0.0
@@ -458,7 +455,7 @@ async def test_each_retry_logs_one_warning(caplog):
         f"Retrying POST {URL} in 2.00 s (attempt 1 of 3 failed: 429)",
         (
             f"Retrying POST {URL} in {second_wait} s "
-            "(attempt 2 of 3 failed: APIConnectionError: boom)"
+            "(attempt 2 of 3 failed: connection error)"
         ),
     ]
     assert all(r.levelno == logging.WARNING for r in caplog.records)
@@ -482,6 +479,58 @@ async def test_a_dify_code_shows_in_the_log(caplog):
     await run(Script(unknown, lambda: status_error(503)))
     assert caplog.messages[0].endswith("(attempt 1 of 3 failed: 500 unknown)")
     assert caplog.messages[1].endswith("(attempt 2 of 3 failed: 503)")
+
+
+# -- on_retry -----------------------------------------------------------------
+
+
+async def test_on_retry_gets_one_event_per_retry_before_its_wait():
+    """The hook sees each failed attempt, its error and the wait that follows."""
+    events: list[RetryEvent] = []
+    sleeps = Sleeps()
+    first, second = status_error(429, {"Retry-After": "2"}), a_502()
+    script = Script(lambda: first, lambda: second)
+    assert await run(script, sleeps, on_retry=events.append) == "done"
+    assert events == [
+        RetryEvent(1, first, 2.0, "POST", URL, CID),
+        RetryEvent(2, second, sleeps[1], "POST", URL, CID),
+    ]
+
+
+async def test_on_retry_may_be_async():
+    """An async hook is awaited before the wait."""
+    seen: list[int] = []
+
+    async def hook(event: RetryEvent) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.attempt)
+
+    await run(Script(a_502, a_502), on_retry=hook)
+    assert seen == [1, 2]
+
+
+async def test_a_broken_on_retry_hook_is_logged_and_ignored(caplog):
+    """A hook that raises is logged at ERROR; the call still succeeds."""
+
+    def hook(event: RetryEvent) -> None:
+        raise ZeroDivisionError
+
+    script = Script(a_502)
+    assert await run(script, on_retry=hook) == "done"
+    assert script.calls == 2
+    broken = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(broken) == 1
+    assert broken[0].exc_info is not None
+    assert broken[0].exc_info[0] is ZeroDivisionError
+
+
+async def test_no_event_when_nothing_is_retried():
+    """A first success, or an error that is not retried, calls no hook."""
+    events: list[RetryEvent] = []
+    await run(Script(), on_retry=events.append)
+    with pytest.raises(APIStatusError):
+        await run(Script(lambda: status_error(404)), on_retry=events.append)
+    assert events == []
 
 
 # -- waiting unless closed --------------------------------------------------------

@@ -24,12 +24,13 @@ from dify_async import (
     UnsupportedMediaTypeError,
 )
 from dify_async._sansio import (
-    build_headers,
+    Endpoint,
     build_request,
     decode_response,
     excerpt,
-    normalize_base_url,
+    make_endpoint,
 )
+from dify_async._validation import normalize_base_url
 
 CID = "45701982-8118-4bc5-8e9b-64562b4555f2"
 URL = f"https://api.dify.ai/v1/conversations/{CID}/name"
@@ -53,6 +54,12 @@ FLASK_404 = (
 )
 
 
+ENDPOINT = make_endpoint("https://h/v1", "app-k", "ua")
+REQUEST = build_request(
+    make_endpoint("https://api.dify.ai/v1", "app-k", "ua"), RenameRequest(CID, "u", "n")
+)
+
+
 def dify_error(status: int, code: str, message: str) -> bytes:
     return json.dumps({"code": code, "message": message, "status": status}).encode()
 
@@ -62,10 +69,12 @@ class TestBuildRequest:
         """The request is POST {base}/conversations/{id}/name with a JSON body."""
         request = RenameRequest(CID.upper(), "abc-123", "iPhone Specs Chat")
         prepared = build_request(
-            "https://api.dify.ai/v1", build_headers("app-k", "ua"), request
+            make_endpoint("https://api.dify.ai/v1", "app-k", "ua"), request
         )
         assert prepared.method == "POST"
         assert prepared.url == URL
+        assert prepared.conversation_id == CID
+        assert prepared.idempotent
         assert json.loads(prepared.body) == {
             "name": "iPhone Specs Chat",
             "auto_generate": False,
@@ -75,23 +84,31 @@ class TestBuildRequest:
     def test_auto_generate_leaves_the_name_out(self):
         """An auto_generate rename sends a real JSON boolean and no name."""
         request = RenameRequest(CID, "abc-123", auto_generate=True)
-        body = json.loads(build_request("https://h/v1", {}, request).body)
-        assert body == {"auto_generate": True, "user": "abc-123"}
+        prepared = build_request(ENDPOINT, request)
+        assert json.loads(prepared.body) == {"auto_generate": True, "user": "abc-123"}
+        assert not prepared.idempotent
 
     def test_name_is_sent_exactly_as_given(self):
         """Names keep their white space and Unicode: Dify stores them unstripped."""
         name = "  Ünïcödé ✈ trip \n"
         request = RenameRequest(CID, "u", name)
-        assert json.loads(build_request("https://h/v1", {}, request).body)["name"] == (
-            name
-        )
+        assert json.loads(build_request(ENDPOINT, request).body)["name"] == name
 
     def test_headers_carry_bearer_key_json_and_user_agent(self):
         """Every request authenticates with a bearer token and says it is JSON."""
-        headers = build_headers("app-secret", "dify-async/1")
-        assert headers["Authorization"] == "Bearer app-secret"
-        assert headers["Content-Type"] == "application/json"
-        assert headers["User-Agent"] == "dify-async/1"
+        endpoint = make_endpoint("https://h/v1", "app-secret", "dify-async/1")
+        prepared = build_request(endpoint, RenameRequest(CID, "u", "n"))
+        assert prepared.headers["Authorization"] == "Bearer app-secret"
+        assert prepared.headers["Content-Type"] == "application/json"
+        assert prepared.headers["User-Agent"] == "dify-async/1"
+
+    def test_the_key_stays_out_of_reprs(self):
+        """Neither the endpoint nor a prepared request shows the key or body."""
+        endpoint = make_endpoint("https://h/v1", "app-secret", "ua")
+        prepared = build_request(endpoint, RenameRequest(CID, "u", "n"))
+        assert "app-secret" not in repr(endpoint)
+        assert "app-secret" not in repr(prepared)
+        assert isinstance(endpoint, Endpoint)
 
 
 class TestBaseUrl:
@@ -193,7 +210,7 @@ class TestDecodeSuccess:
     def test_a_2xx_that_is_not_a_conversation_raises(self, body, fragment):
         """A success whose body is not a conversation is a validation error."""
         with pytest.raises(APIResponseValidationError, match=fragment) as info:
-            decode_response(200, {"X-Version": "1.9.2"}, body, url=URL)
+            decode_response(200, {"X-Version": "1.9.2"}, body, request=REQUEST)
         assert info.value.status_code == 200
         assert info.value.server_version == "1.9.2"
         assert info.value.url == URL
@@ -227,7 +244,9 @@ class TestDecodeErrors:
         """Each of Dify's JSON errors raises its class, carrying status and code."""
         headers = {"X-Version": "1.9.2", "X-Env": "PRODUCTION"}
         with pytest.raises(cls) as info:
-            decode_response(status, headers, dify_error(status, code, message), url=URL)
+            decode_response(
+                status, headers, dify_error(status, code, message), request=REQUEST
+            )
         error = info.value
         assert type(error) is cls
         assert error.status_code == status
@@ -313,13 +332,16 @@ class TestDecodeErrors:
         with pytest.raises(APIStatusError, match="without a Location"):
             decode_response(302, {}, b"")
 
-    @pytest.mark.parametrize("status", [418, 451, 599, 999])
+    @pytest.mark.parametrize("status", [418, 451, 501, 599, 600, 999, 0, 99])
     def test_unlisted_statuses_still_raise_status_errors(self, status):
-        """Statuses outside the table raise APIStatusError (5xx: server error)."""
+        """Other statuses raise APIStatusError; 500-599 an InternalServerError."""
         with pytest.raises(APIStatusError) as info:
             decode_response(status, {}, b"nope")
         assert info.value.status_code == status
-        assert isinstance(info.value, InternalServerError) == (status >= 500)
+        is_5xx = 500 <= status < 600
+        assert isinstance(info.value, InternalServerError) == is_5xx
+        if not is_5xx:
+            assert type(info.value) is APIStatusError
 
     def test_json_error_that_is_not_difys_has_no_code(self):
         """A gateway's own JSON error keeps the body but has no Dify code."""
