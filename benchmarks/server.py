@@ -1,9 +1,10 @@
 """A fast HTTP/1.1 keep-alive server for the benchmarks.
 
-It answers ``POST /v1/conversations/{id}/name`` with one pre-built 200
-response (a conversation, as Dify sends it), so that the client under test is
-always the bottleneck. It is a bare :class:`asyncio.Protocol`: no routing
-framework, no per-request allocation beyond slicing the input buffer.
+It answers ``POST /v1/conversations/{id}/name`` with a pre-built 200
+response (a conversation, as Dify sends it) into which only the requested id
+is spliced, so that the client under test is always the bottleneck. It is a
+bare :class:`asyncio.Protocol`: no routing framework, no per-request
+allocation beyond slicing the input buffer and splicing the id.
 
 ``GET /__stats`` answers with the server's own CPU seconds and request count,
 which the driver reads before and after each run to show how much capacity
@@ -49,7 +50,10 @@ def _response(
     return head.encode("ascii") + body
 
 
-OK = _response("200 OK", json.dumps(CONVERSATION).encode())
+# The answer around the id, which has a fixed length (a canonical UUID).
+OK_START, OK_END = _response("200 OK", json.dumps(CONVERSATION).encode()).split(
+    CONVERSATION["id"].encode()
+)
 NOT_FOUND = _response(
     "404 NOT FOUND",
     b'{"code": "not_found", "message": "Not Found.", "status": 404}',
@@ -92,7 +96,7 @@ class RenameProtocol(asyncio.Protocol):
                 break
             line = head[: head.find(b"\r\n")]
             if line.startswith(PREFIX) and line.endswith(SUFFIX):
-                out.append(OK)
+                out.append(OK_START + line[len(PREFIX) : -len(SUFFIX)] + OK_END)
                 Stats.requests += 1
             elif line.startswith(b"GET /__stats "):
                 out.append(self.stats())

@@ -113,6 +113,12 @@ class DifyError(Exception):
         return (_rebuild, (type(self), state))
 
 
+def _printable(text: str) -> str:
+    """*text* as a server sent it, with what cannot be printed as ``?``."""
+    text = text.encode("utf-8", "replace").decode()
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _rebuild(cls: type[DifyError], state: dict[str, Any]) -> DifyError:
     error = cls.__new__(cls)
     Exception.__init__(error, state.get("message", ""))
@@ -205,7 +211,10 @@ class _ResponseError(DifyError):
         self.status_code = status_code
         self.headers = headers
         self.body = body
-        self.server_version: str | None = headers.get("X-Version")
+        version = headers.get("X-Version")
+        self.server_version: str | None = (
+            None if version is None else _printable(version)
+        )
 
     def __str__(self) -> str:
         text = super().__str__()

@@ -252,16 +252,34 @@ def _safe_headers(
     """The headers an error keeps: read-only, case-insensitive, key redacted."""
     if request is not None:
         secret = request.secret.decode()
-        if any(secret in value for value in headers.values()):
+        if any(secret in name or secret in value for name, value in headers.items()):
             return CIMultiDictProxy(
                 CIMultiDict(
-                    (name, value.replace(secret, REDACTED))
+                    (name.replace(secret, REDACTED), value.replace(secret, REDACTED))
                     for name, value in headers.items()
                 )
             )
     if isinstance(headers, CIMultiDictProxy):
         return headers
     return CIMultiDictProxy(CIMultiDict(headers))
+
+
+def _redact_json(value: object, request: PreparedRequest | None) -> object:
+    """*value* (decoded JSON) with the key redacted from every string in it.
+
+    Catches the key however the server spelled it (JSON escapes, UTF-16):
+    decoding has turned it back into plain text.
+    """
+    if request is None or isinstance(value, bool | int | float | None):
+        return value
+    secret = request.secret.decode()
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        return "(not shown: nested too deeply)"
+    if secret not in text:
+        return value
+    return json.loads(text.replace(secret, REDACTED))
 
 
 def excerpt(body: bytes, content_type: str | None = None) -> str:
@@ -330,7 +348,7 @@ def _decode_conversation(
         raise invalid(f"a body that is not JSON: {shown!r}", shown) from None
     if type(data) is not dict:
         kind = type(data).__name__
-        raise invalid(f"a JSON {kind}, not a conversation", data)
+        raise invalid(f"a JSON {kind}, not a conversation", _redact_json(data, request))
     try:
         return structure_conversation_quickly(data, Conversation)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError):
@@ -339,7 +357,12 @@ def _decode_conversation(
             return structure_conversation(data, Conversation)
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
             detail = _describe(exc)
-            raise invalid(f"a body that is not a conversation: {detail}", data) from exc
+            if request is not None:
+                detail = detail.replace(request.secret.decode(), REDACTED)
+            redacted = _redact_json(data, request)
+            raise invalid(
+                f"a body that is not a conversation: {detail}", redacted
+            ) from exc
 
 
 def _check_id(
@@ -381,11 +404,12 @@ def _status_error(
     complete: bool,
     request: PreparedRequest | None,
 ) -> APIStatusError:
+    headers = _safe_headers(headers, request)
     code: str | None = None
     decoded: object = None
     if complete:
         try:
-            decoded = _json(body)
+            decoded = _redact_json(_json(body), request)
         except ValueError:
             decoded = excerpt(body, headers.get("Content-Type"))
     if (
@@ -413,7 +437,7 @@ def _status_error(
         message,
         status_code=status,
         code=code,
-        headers=_safe_headers(headers, request),
+        headers=headers,
         body=decoded,
         method=METHOD if request is None else request.method,
         url=None if request is None else request.url,

@@ -23,6 +23,7 @@ no retry may fix (see ``docs/retries.md``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import platform
 import ssl
@@ -56,6 +57,8 @@ USER_AGENT: Final = (
     f"Python/{platform.python_version()}"
 )
 """The library's ``User-Agent`` token."""
+
+logger: Final = logging.getLogger("dify_async")
 
 _PLAIN_HTTP_HINTS: Final = ("wrong version number", "record layer failure")
 
@@ -108,12 +111,20 @@ def _check_borrowed(session: object) -> aiohttp.ClientSession:
 
 
 def _clip(timeout: aiohttp.ClientTimeout, remaining: float) -> aiohttp.ClientTimeout:
-    """*timeout*, its total cut to *remaining* seconds (never rounded up)."""
+    """*timeout*, its total cut to *remaining* seconds (never rounded up).
+
+    Connecting is cut a little shorter, so that a connection (or a TLS
+    handshake) still under way when the deadline comes is reported as never
+    sent, rather than losing the race to the total's timer.
+    """
     if timeout.total is not None and timeout.total <= remaining:
         return timeout
+    connect = remaining * 0.99
+    if timeout.connect is not None:
+        connect = min(connect, timeout.connect)
     return aiohttp.ClientTimeout(
         total=remaining,
-        connect=timeout.connect,
+        connect=connect,
         sock_read=timeout.sock_read,
         sock_connect=timeout.sock_connect,
         ceil_threshold=math.inf,  # aiohttp rounds longer timeouts up otherwise
@@ -254,6 +265,9 @@ class Transport:
         if deadline_at is not None:
             timeout = _clip(timeout, self._remaining(request, deadline_at))
         session = self._session_for(request)
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if debug:
+            logger.debug("%s %s", request.method, request.url)
         try:
             async with session.request(
                 request.method,
@@ -265,6 +279,10 @@ class Transport:
                 timeout=timeout,
             ) as response:
                 body, complete = await self._read(response)
+                if debug:
+                    logger.debug(
+                        "%s %s -> %d", request.method, request.url, response.status
+                    )
                 return Response(response.status, response.headers, body, complete)
         except asyncio.CancelledError:
             if not self._closed_meanwhile():
