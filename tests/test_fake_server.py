@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from typing import Any
@@ -16,7 +18,8 @@ import aiohttp
 import attrs
 import pytest
 
-from dify_async.testing._fake_server import FakeDifyServer, Fault, StoredConversation
+from dify_async.testing import FakeDifyServer, Fault, StoredConversation
+from dify_async.testing._faults import FaultQueue
 
 NO_BEARER = "Authorization header must be provided and start with 'Bearer'"
 BAD_SCHEME = "Authorization scheme must be 'Bearer'"
@@ -441,8 +444,6 @@ async def test_invalid_or_empty_json_is_bad_request(server, session, data, messa
         {"name": None, "auto_generate": False, "user": "u"},
         {"name": " ", "auto_generate": "no", "user": "u"},
         {},
-        None,
-        [],
     ],
 )
 async def test_missing_or_blank_name_is_invalid_param(server, session, body):
@@ -476,9 +477,6 @@ async def test_missing_or_blank_name_is_invalid_param(server, session, body):
         ({"name": "A", "auto_generate": None}, "Input should be a valid boolean ["),
         ({"name": "A", "auto_generate": []}, "Input should be a valid boolean ["),
         ({"name": "A", "user": 42}, "user\n  Input should be a valid string"),
-        ([{"name": "A"}], "Input should be a valid dictionary"),
-        ("A", "Input should be a valid dictionary"),
-        (7, "Input should be a valid dictionary"),
     ],
 )
 async def test_wrong_json_types_are_invalid_param(server, session, body, fragment):
@@ -504,6 +502,62 @@ async def test_every_type_error_is_reported(server, session):
     assert message.startswith("2 validation errors for ConversationRenamePayload\n")
     assert "[type=string_type, input_value=1, input_type=int]" in message
     assert f"input_value='{'x' * 24}...{'x' * 23}', input_type=str" in message
+
+
+@pytest.mark.parametrize(
+    "data", [b"[]", b'[{"name": "A", "user": "u"}]', b'"x"', b"42", b"null", b"true"]
+)
+async def test_a_body_that_is_not_an_object_is_a_500(server, session, data):
+    """A JSON body that is not an object fails where Dify reads user: 500 unknown."""
+    cid = server.add_conversation(user="u", name="Old", messages=["Hi"])
+
+    reply = await call(session, server, cid, data=data)
+
+    assert reply.error() == (500, "unknown", "Internal Server Error")
+    assert reply.headers["X-Version"] == server.version
+    assert server.get_conversation(cid).rename_count == 0
+    assert server.llm_calls == 0
+
+
+async def test_a_body_that_is_not_an_object_fails_before_the_mode_check(
+    server, session
+):
+    """Dify reads user before it checks the app mode: the 500 beats not_chat_app."""
+    cid = server.add_conversation(user="u")
+
+    reply = await call(session, server, cid, data=b"[]", key=server.workflow_api_key)
+
+    assert reply.error()[:2] == (500, "unknown")
+
+
+@pytest.mark.parametrize("auto_generate", [b"false", b"true"])
+async def test_a_name_that_is_not_unicode_is_invalid_param(
+    server, session, auto_generate
+):
+    """A lone surrogate escaped in the JSON cannot be stored: 400, nothing stored."""
+    cid = server.add_conversation(user="u", name="Old", messages=["Hi"])
+    data = b'{"name": "Trip \\ud800", "auto_generate": %s, "user": "u"}' % auto_generate
+
+    reply = await call(session, server, cid, data=data)
+
+    status, code, message = reply.error()
+    assert (status, code) == (400, "invalid_param")
+    assert "name\n  Input should be a valid string, unable to parse raw data" in message
+    assert "[type=string_unicode, input_value='Trip \\ud800'," in message
+    assert server.get_conversation(cid).name == "Old"
+    assert server.renames_applied == server.llm_calls == 0
+
+
+async def test_an_escaped_surrogate_pair_is_a_valid_name(server, session):
+    """A surrogate pair escaped in the JSON is one character, stored as such."""
+    cid = server.add_conversation(user="u")
+
+    reply = await call(
+        session, server, cid, data=b'{"name": "Trip \\ud83d\\ude00", "user": "u"}'
+    )
+
+    assert reply.status == 200
+    assert server.get_conversation(cid).name == "Trip \U0001f600"
 
 
 @pytest.mark.parametrize(
@@ -1016,6 +1070,39 @@ def test_faults_are_frozen_values():
         Fault.disconnect().after_processing = True  # type: ignore[misc]
 
 
+def test_fault_queue_takes_the_first_match_and_counts_strikes():
+    """The queue is first in, first out; a fault leaves it when used up."""
+    queue = FaultQueue()
+    cid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    assert not queue
+    assert queue.take(cid) is None
+
+    queue.add(Fault.gateway(502), times=1, conversation_id=other)
+    queue.add(Fault.gateway(503), times=2, conversation_id=None)
+    queue.add(Fault.gateway(504), times=1, conversation_id=None)
+
+    assert [queue.take(cid) for _ in range(4)] == [
+        Fault.gateway(503),
+        Fault.gateway(503),
+        Fault.gateway(504),
+        None,
+    ]
+    assert len(queue) == 1
+    assert queue.take(other) == Fault.gateway(502)
+    assert not queue
+
+
+def test_fault_queue_refuses_zero_times_and_clears():
+    queue = FaultQueue()
+    with pytest.raises(ValueError, match="at least 1"):
+        queue.add(Fault.disconnect(), times=0, conversation_id=None)
+    queue.add(Fault.disconnect(), times=3, conversation_id=None)
+
+    queue.clear()
+
+    assert queue.take(str(uuid.uuid4())) is None
+
+
 # -- statistics ----------------------------------------------------------------
 
 
@@ -1270,6 +1357,103 @@ async def test_stop_drops_requests_that_are_still_waiting(session):
     assert fake.get_conversation(cid).name == "Old"
 
 
+# -- clients that go away --------------------------------------------------------
+
+
+async def until_idle(fake: FakeDifyServer) -> None:
+    """Wait until the server has finished handling every request."""
+    for _ in range(500):
+        if fake._state.in_flight == 0:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("a request is still being handled")
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{record.name}: {record.getMessage()}"
+        for record in caplog.records
+        if record.levelno >= logging.ERROR
+    ]
+
+
+async def send_and_abandon(fake: FakeDifyServer, cid: str, *, body_sent: int) -> None:
+    """Send a rename's head and *body_sent* bytes of its body, then hang up."""
+    body = json.dumps({"name": "A", "user": "u"}).encode()
+    head = (
+        f"POST /v1/conversations/{cid}/name HTTP/1.1\r\n"
+        "Host: 127.0.0.1\r\n"
+        f"Authorization: Bearer {fake.api_key}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    address = urllib.parse.urlsplit(fake.base_url)
+    _, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(head.encode() + body[:body_sent])
+        await writer.drain()
+        await until_received(fake)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@attrs.frozen
+class HangUp:
+    """When a client hangs up, and whether the rename was stored by then."""
+
+    fault: Fault | None = None
+    latency: float = 0.0
+    body_sent: int = 999
+    renamed: bool = False
+
+
+@pytest.mark.parametrize(
+    "hang_up",
+    [
+        pytest.param(HangUp(body_sent=5), id="mid-body"),
+        pytest.param(HangUp(fault=Fault.delay(0.3)), id="during-delay"),
+        pytest.param(HangUp(latency=0.3), id="during-latency"),
+        pytest.param(
+            HangUp(fault=Fault.delay(0.3, after_processing=True), renamed=True),
+            id="after-rename",
+        ),
+    ],
+)
+async def test_a_client_that_hangs_up_is_not_an_error(server, caplog, hang_up):
+    """A request abandoned by its client ends quietly: no ERROR log record."""
+    caplog.set_level(logging.DEBUG)
+    cid = server.add_conversation(user="u", name="Old")
+    server.latency = hang_up.latency
+    if hang_up.fault is not None:
+        server.inject_fault(hang_up.fault)
+
+    await send_and_abandon(server, cid, body_sent=hang_up.body_sent)
+    await until_idle(server)
+
+    assert errors_logged(caplog) == []
+    assert server.get_conversation(cid).name == ("A" if hang_up.renamed else "Old")
+
+
+async def test_a_request_cancelled_during_a_delay_is_not_an_error(
+    server, session, caplog
+):
+    """Cancelling a client's request while a delay fault holds it logs no error."""
+    caplog.set_level(logging.DEBUG)
+    cid = server.add_conversation(user="u", name="Old")
+    server.inject_fault(Fault.delay(0.3))
+    pending = asyncio.create_task(rename(session, server, cid, name="A", user="u"))
+    await until_received(server)
+
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await until_idle(server)
+
+    assert errors_logged(caplog) == []
+    assert server.get_conversation(cid).name == "Old"
+
+
 # -- thread mode ---------------------------------------------------------------
 
 
@@ -1395,6 +1579,16 @@ def test_state_is_safe_to_seed_from_many_threads():
 
 
 # -- the pytest fixture ----------------------------------------------------------
+
+
+def test_the_testing_package_imports_its_names_lazily():
+    """The public names resolve on first use; an unknown name is an error."""
+    from dify_async import testing  # noqa: PLC0415
+
+    assert testing.FakeDifyServer is FakeDifyServer
+    assert testing.StoredConversation is StoredConversation
+    with pytest.raises(AttributeError, match="has no attribute 'FaultQueue'"):
+        _ = testing.FaultQueue
 
 
 def test_dify_server_fixture_in_a_sync_test(dify_server):

@@ -101,7 +101,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(wheel: Wheel) -> None:
     # An installed RECORD also lists the console script, outside site-packages.
     tops = {t for t in tops if not t.endswith(".dist-info") and t not in {"..", "bin"}}
     assert tops == {"dify_async"}
-    assert "dify_async/testing/_fake_server.py" in wheel.files
+    assert "dify_async/testing/_server.py" in wheel.files
     assert "dify_async/testing/pytest_plugin.py" in wheel.files
     assert not [p for p in wheel.files if re.search(r"(^|/)(tests|conftest)", p)]
 
@@ -153,5 +153,5 @@ def test_the_entry_points(wheel: Wheel) -> None:
         "dify_async.testing.pytest_plugin"
     )
     assert wheel.entry_points[("console_scripts", "dify-async")] == (
-        "dify_async._cli:main"
+        "dify_async.cli:main"
     )

@@ -14,17 +14,21 @@ With pytest, the ``dify_server`` fixture gives a running server (it is
 registered automatically when dify_async is installed).
 
 The server module (and :mod:`aiohttp.web` with it) is imported on first use,
-so that loading the pytest plugin stays cheap.
+so that loading the pytest plugin stays cheap. ``python -m dify_async.testing``
+serves a fake Dify on its own, for manual tests and other languages.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Final
 
 from dify_async._retry import instant_retries, set_instant_retries
 
 if TYPE_CHECKING:
-    from ._fake_server import FakeDifyServer, Fault, StoredConversation
+    from ._faults import Fault
+    from ._rules import StoredConversation
+    from ._server import FakeDifyServer
 
 __all__ = [
     "FakeDifyServer",
@@ -34,12 +38,16 @@ __all__ = [
     "set_instant_retries",
 ]
 
-_SERVER_NAMES = frozenset({"FakeDifyServer", "Fault", "StoredConversation"})
+# The module that defines each lazily imported name.
+_LAZY_NAMES: Final = {
+    "FakeDifyServer": "._server",
+    "Fault": "._faults",
+    "StoredConversation": "._rules",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _SERVER_NAMES:
-        from . import _fake_server  # noqa: PLC0415  (imported on first use)
-
-        return getattr(_fake_server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -15,7 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from dify_async.testing._fake_server import FakeDifyServer
+    from dify_async.testing._server import FakeDifyServer
 
 __all__ = ["dify_server"]
 
@@ -26,10 +26,11 @@ def dify_server() -> Iterator[FakeDifyServer]:
 
     The server answers on ``127.0.0.1`` at a free port and is served from a
     background thread with its own event loop, so it works the same in plain
-    synchronous tests and under any async test plugin (pytest-asyncio, anyio,
-    pytest-aiohttp). Point the client at ``dify_server.base_url`` with
-    ``dify_server.api_key``, seed conversations with
-    :meth:`~dify_async.testing.FakeDifyServer.add_conversation` and inject
+    synchronous tests and under the async test plugins that run asyncio
+    (pytest-asyncio, pytest-aiohttp, anyio with its asyncio backend; the
+    client needs asyncio, so not anyio's trio backend). Point the client at
+    ``dify_server.base_url`` with ``dify_server.api_key``, seed conversations
+    with :meth:`~dify_async.testing.FakeDifyServer.add_conversation` and inject
     faults with :meth:`~dify_async.testing.FakeDifyServer.inject_fault`.
 
     Yields:
@@ -46,7 +47,7 @@ def dify_server() -> Iterator[FakeDifyServer]:
                 conv = await client.rename_conversation(cid, name="A", user="u-1")
             assert dify_server.get_conversation(cid).name == "A"
     """
-    from dify_async.testing._fake_server import FakeDifyServer  # noqa: PLC0415
+    from dify_async.testing._server import FakeDifyServer  # noqa: PLC0415
 
     server = FakeDifyServer()
     server.start_in_thread()
