@@ -15,15 +15,26 @@ and rename a conversation through it::
         -d '{"user": "user-42", "name": "Trip plans"}'
 
 Send ``{"user": ..., "auto_generate": true}`` to let Dify choose the name.
+
+No Dify at hand? ``--fake`` starts a fake Dify server inside the service,
+holding one conversation, and prints a ``curl`` command that renames it::
+
+    python examples/aiohttp_service.py --fake
+
+Without a key or ``--fake``, the service says so in one line and exits with
+status 2, before it starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import os
+import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -36,15 +47,24 @@ from dify_async import (
     NotFoundError,
     RateLimitError,
 )
+from dify_async.testing import FakeDifyServer
 
 logger = logging.getLogger(__name__)
 
 DIFY = web.AppKey("dify", AsyncDifyClient)
 """Where the application keeps its shared client."""
 
+SAMPLE_CONVERSATION = "45701982-8118-4bc5-8e9b-64562b4555f2"
+SAMPLE_USER = "user-42"
+
 
 def create_app(
-    *, api_key: str | None = None, base_url: str | None = None, timeout: float = 10.0
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    timeout: float = 10.0,
+    fake: bool = False,
+    port: int = 8080,
 ) -> web.Application:
     """Build the application.
 
@@ -54,6 +74,10 @@ def create_app(
             ``None``.
         timeout: Seconds per attempt to reach Dify. Our own callers should
             not wait minutes for an answer.
+        fake: Talk to a fake Dify server started with the application,
+            holding one conversation, instead of the Dify above.
+        port: The port the service listens on (for the hint printed with
+            ``fake``).
     """
 
     async def dify_client(app: web.Application) -> AsyncIterator[None]:
@@ -65,8 +89,29 @@ def create_app(
             app[DIFY] = client
             yield
 
+    async def fake_dify_client(app: web.Application) -> AsyncIterator[None]:
+        async with FakeDifyServer() as server:
+            server.add_conversation(
+                user=SAMPLE_USER,
+                conversation_id=SAMPLE_CONVERSATION,
+                messages=["Can you plan three days in Lisbon for me?"],
+            )
+            body = json.dumps({"user": SAMPLE_USER, "name": "Trip plans"})
+            url = f"localhost:{port}/conversations/{SAMPLE_CONVERSATION}/name"
+            print(
+                f"A fake Dify server at {server.base_url} holds one conversation."
+                f" Rename it with:\n  curl -X POST {url}"
+                f" -H 'Content-Type: application/json' -d '{body}'",
+                flush=True,
+            )
+            async with AsyncDifyClient(
+                server.api_key, base_url=server.base_url, timeout=timeout
+            ) as client:
+                app[DIFY] = client
+                yield
+
     app = web.Application()
-    app.cleanup_ctx.append(dify_client)
+    app.cleanup_ctx.append(fake_dify_client if fake else dify_client)
     app.router.add_post("/conversations/{conversation_id}/name", rename)
     return app
 
@@ -132,15 +177,41 @@ def as_json(conversation: Conversation) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve until interrupted."""
-    parser = argparse.ArgumentParser(description="Rename Dify conversations over HTTP.")
+class Parser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: message`` on stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted; return the exit status."""
+    parser = Parser(description="Rename Dify conversations over HTTP.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--fake",
+        action="store_true",
+        help="talk to a fake Dify server started with the service",
+    )
     args = parser.parse_args(argv)
+    if not args.fake:
+        # Check the settings before the service starts: a missing or
+        # malformed key is one line here, not a traceback from the startup.
+        if not os.environ.get("DIFY_API_KEY"):
+            parser.error("set DIFY_API_KEY or pass --fake")
+        try:
+            AsyncDifyClient()  # makes no connection: it only checks
+        except InvalidRequestError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO)
-    web.run_app(create_app(), host=args.host, port=args.port)
+    web.run_app(
+        create_app(fake=args.fake, port=args.port), host=args.host, port=args.port
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

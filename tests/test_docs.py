@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import subprocess
+import symtable
 import sys
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -257,6 +258,85 @@ def test_python_blocks_are_plain_fences(path: Path) -> None:
         if not _PYTHON_FENCE.fullmatch(m.group(0))
     ]
     assert not offenders, f"untested code fences in {path.name}: {offenders}"
+
+
+_HIDDEN_BLOCK = re.compile(
+    r"<!--[ \t]*invisible-code-block:[ \t]*python[ \t]*\n(.*?)-->", re.DOTALL
+)
+_VISIBLE_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+# What the harness puts in every page's namespace for hidden blocks to use.
+_HARNESS_NAMES = frozenset({"dify_server", "Fault"})
+
+
+def _module_names(source: str) -> tuple[set[str], set[str]]:
+    """The names a block binds at module level, and the globals it reads."""
+    table = symtable.symtable(source, "<block>", "exec")
+    bound = {
+        symbol.get_name()
+        for symbol in table.get_symbols()
+        if symbol.is_assigned() or symbol.is_imported()
+    }
+    read: set[str] = set()
+    scopes = [table]
+    while scopes:
+        scope = scopes.pop()
+        scopes.extend(scope.get_children())
+        read.update(
+            symbol.get_name()
+            for symbol in scope.get_symbols()
+            if symbol.is_referenced() and symbol.is_global()
+        )
+    return bound, read
+
+
+@pytest.mark.parametrize("path", PAGES, ids=_page_id)
+def test_visible_code_does_not_rely_on_hidden_set_up(path: Path) -> None:
+    """What a reader copies defines what it uses: no name from a hidden block.
+
+    Hidden blocks may seed the fake server, inject faults and check results;
+    the ids, data and helpers that the visible code uses are visible too.
+    """
+    text = path.read_text(encoding="utf-8")
+    hidden = set(_HARNESS_NAMES)
+    for block in _HIDDEN_BLOCK.findall(text):
+        hidden |= _module_names(block)[0]
+    bound: set[str] = set()
+    read: set[str] = set()
+    for block in _VISIBLE_BLOCK.findall(text):
+        block_bound, block_read = _module_names(block)
+        bound |= block_bound
+        read |= block_read
+    leaks = sorted((read - bound) & hidden)
+    assert not leaks, f"{path.name}: visible code uses {leaks}, set up in hidden blocks"
+
+
+def test_the_harness_check_catches_hidden_set_up(tmp_path: Path) -> None:
+    """The check above fails for a visible block that uses a hidden name."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- invisible-code-block: python\n"
+        'ticket_ids = [dify_server.add_conversation(user="u")]\n'
+        "-->\n\n"
+        "```python\nprint(ticket_ids)\n```\n"
+    )
+    with pytest.raises(AssertionError, match=r"uses \['ticket_ids'\]"):
+        test_visible_code_does_not_rely_on_hidden_set_up(page)
+
+
+def test_the_api_page_lists_every_public_name() -> None:
+    """Every name dify_async and dify_async.testing export has its entry."""
+    import dify_async  # noqa: PLC0415  (only this test needs the lists)
+    import dify_async.testing  # noqa: PLC0415
+
+    api = (DOCS / "api.md").read_text(encoding="utf-8")
+    public = [
+        *(f"dify_async.{name}" for name in dify_async.__all__ if name != "__version__"),
+        *(f"dify_async.testing.{name}" for name in dify_async.testing.__all__),
+    ]
+    documented = set(re.findall(r"^\.\. auto\w+:: ([\w.]+)$", api, re.MULTILINE))
+    missing = [name for name in public if name not in documented]
+    assert not missing, f"not in docs/api.md: {missing}"
+    assert "{py:data} __version__" in api
 
 
 def test_the_pages_have_code_to_run() -> None:

@@ -1,4 +1,8 @@
-"""The programs in examples/ run, against the fake server, and do what they say."""
+"""The programs in examples/ run, against the fake server, and do what they say.
+
+Every program runs as a subprocess from a temporary directory, outside the
+repository, with the installed package: as a reader would run it.
+"""
 
 from __future__ import annotations
 
@@ -22,18 +26,34 @@ from aiohttp.test_utils import TestServer
 from dify_async.testing import FakeDifyServer, Fault, instant_retries
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPTS = ("rename_one.py", "rename_from_csv.py", "aiohttp_service.py")
 USER = "user-42"
+SAMPLE_CONVERSATION = "45701982-8118-4bc5-8e9b-64562b4555f2"
 
 
-def _run(
-    server: FakeDifyServer, script: str, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
+def _environment(server: FakeDifyServer | None = None, **env: str) -> dict[str, str]:
+    """This process's environment, with the key and URL of *server* or none."""
     environment = {
-        **os.environ,
-        "DIFY_API_KEY": server.api_key,
-        "DIFY_BASE_URL": server.base_url,
-        **env,
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DIFY_API_KEY", "DIFY_BASE_URL"}
     }
+    if server is not None:
+        environment["DIFY_API_KEY"] = server.api_key
+        environment["DIFY_BASE_URL"] = server.base_url
+    environment.update(env)
+    return environment
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every program from a temporary directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _run_with(
+    environment: dict[str, str], script: str, *args: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603
         [sys.executable, str(EXAMPLES / script), *args],
         env=environment,
@@ -42,6 +62,12 @@ def _run(
         check=False,
         timeout=60,
     )
+
+
+def _run(
+    server: FakeDifyServer, script: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return _run_with(_environment(server, **env), script, *args)
 
 
 def _load(name: str) -> ModuleType:
@@ -55,11 +81,125 @@ def _load(name: str) -> ModuleType:
 
 def test_every_example_is_tested() -> None:
     """A new example needs a test here."""
-    assert {p.name for p in EXAMPLES.glob("*.py")} == {
-        "rename_one.py",
-        "rename_from_csv.py",
-        "aiohttp_service.py",
-    }
+    assert {p.name for p in EXAMPLES.glob("*.py")} == set(SCRIPTS)
+
+
+# -- every example, bare -----------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_without_a_key_an_example_says_what_it_needs(script: str) -> None:
+    """Run bare, with no key: one line on stderr, status 2, nothing started."""
+    result = _run_with(_environment(), script)
+
+    assert result.returncode == 2
+    assert result.stderr == f"{script}: set DIFY_API_KEY or pass --fake (see --help)\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_example_explains_its_options(script: str) -> None:
+    """``--help`` works without a key, and mentions ``--fake``."""
+    result = _run_with(_environment(), script, "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert "--fake" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ("rename_one.py", "rename_one.py: give the CONVERSATION_ID to rename"),
+        ("rename_from_csv.py", "rename_from_csv.py: give the CSV file to read"),
+    ],
+)
+def test_with_a_key_but_no_argument_an_example_says_what_it_needs(
+    script: str, message: str
+) -> None:
+    """A missing argument is one line on stderr and status 2, not a traceback."""
+    result = _run_with(_environment(DIFY_API_KEY="app-example"), script)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_malformed_key_is_one_line(script: str) -> None:
+    """A key that cannot be sent is reported before anything starts."""
+    Path("renames.csv").write_text("conversation_id,user,name\n", encoding="utf-8")
+    args = {
+        "rename_one.py": (SAMPLE_CONVERSATION, "Trip plans", "--user", USER),
+        "rename_from_csv.py": ("renames.csv",),
+        "aiohttp_service.py": (),
+    }[script]
+
+    result = _run_with(_environment(DIFY_API_KEY="app-12 34"), script, *args)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: api_key contains characters not allowed")
+    assert result.stderr.count("\n") == 1
+    assert "app-12 34" not in result.stderr
+
+
+# -- every example, with --fake ----------------------------------------------
+
+
+def test_rename_one_with_fake_renames_on_its_own_server() -> None:
+    """``--fake`` alone renames a sample conversation, with no key set."""
+    result = _run_with(_environment(), "rename_one.py", "--fake")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{SAMPLE_CONVERSATION} is now named 'Trip plans'\n"
+    assert "Traceback" not in result.stderr
+
+
+def test_rename_one_with_fake_takes_the_usual_arguments() -> None:
+    """``--fake`` seeds the conversation and user given, and can auto-generate."""
+    cid = "9d1c2f4e-5a8b-4e3d-8c7f-3b2a1d0e9f87"
+
+    result = _run_with(
+        _environment(), "rename_one.py", cid, "--auto", "--user", "u-7", "--fake"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{cid} is now named 'Can you plan")
+
+
+def test_rename_from_csv_with_fake_renames_a_sample_batch(tmp_path: Path) -> None:
+    """``--fake`` without a file renames a sample batch, some names generated."""
+    report = tmp_path / "report.csv"
+
+    result = _run_with(
+        _environment(), "rename_from_csv.py", "--fake", "--report", str(report)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "renamed 20, not renamed 0\n"
+    with report.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["outcome"] for row in rows] == ["renamed"] * 20
+    assert any(row["detail"].startswith("A question about") for row in rows)
+
+
+def test_rename_from_csv_with_fake_renames_the_file(tmp_path: Path) -> None:
+    """``--fake`` with a file seeds the file's conversations and renames them."""
+    ids = [
+        "0b5e2a4c-1c6e-4f0a-9a43-7d2f9c1e5b10",
+        "6f1d3b8a-2b7a-4c55-9a43-0e6f1d3b8a21",
+    ]
+    source = tmp_path / "renames.csv"
+    _write_csv(
+        source,
+        [(ids[0], USER, "Trip plans"), (ids[1], "u-7", ""), ("nope", USER, "x")],
+    )
+
+    result = _run_with(_environment(), "rename_from_csv.py", str(source), "--fake")
+
+    assert result.returncode == 1  # the malformed row was not renamed
+    assert result.stdout == "renamed 2, not renamed 1\n"
+    assert f"{source}:4: skipped: conversation_id must be a UUID" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # -- rename_one.py -----------------------------------------------------------
@@ -100,19 +240,20 @@ def test_rename_one_reports_an_error_without_the_key(
 
 def test_rename_one_without_a_key(dify_server: FakeDifyServer) -> None:
     cid = dify_server.add_conversation(user=USER)
-    env = {k: v for k, v in os.environ.items() if k != "DIFY_API_KEY"}
+    environment = _environment(DIFY_BASE_URL=dify_server.base_url)
 
-    result = subprocess.run(  # noqa: S603
-        [sys.executable, str(EXAMPLES / "rename_one.py"), cid, "x", "--user", USER],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _run_with(environment, "rename_one.py", cid, "x", "--user", USER)
 
-    assert result.returncode == 1
-    assert "no API key" in result.stderr
+    assert result.returncode == 2
+    assert "set DIFY_API_KEY or pass --fake" in result.stderr
+    assert dify_server.requests_received == 0
+
+
+def test_rename_one_refuses_a_malformed_id(dify_server: FakeDifyServer) -> None:
+    result = _run(dify_server, "rename_one.py", "45701982", "x", "--user", USER)
+
+    assert result.returncode == 2
+    assert result.stderr == "error: conversation_id must be a UUID, got '45701982'\n"
     assert dify_server.requests_received == 0
 
 
@@ -122,7 +263,7 @@ def test_rename_one_needs_a_name_or_auto(dify_server: FakeDifyServer) -> None:
     result = _run(dify_server, "rename_one.py", cid, "--user", USER)
 
     assert result.returncode == 2
-    assert "give either a NAME or --auto" in result.stderr
+    assert result.stderr == "rename_one.py: give either a NAME or --auto (see --help)\n"
     assert dify_server.requests_received == 0
 
 
@@ -218,7 +359,16 @@ def test_rename_from_csv_without_a_key(
     result = _run(dify_server, "rename_from_csv.py", str(source), DIFY_API_KEY="")
 
     assert result.returncode == 2
-    assert result.stderr.startswith("error: api_key is empty")
+    assert "set DIFY_API_KEY or pass --fake" in result.stderr
+    assert dify_server.requests_received == 0
+
+
+def test_rename_from_csv_without_the_file(dify_server: FakeDifyServer) -> None:
+    result = _run(dify_server, "rename_from_csv.py", "missing.csv")
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("rename_from_csv.py: no such file: missing.csv")
+    assert "Traceback" not in result.stderr
 
 
 # -- aiohttp_service.py ------------------------------------------------------
@@ -374,17 +524,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_service_runs_as_a_program(dify_server: FakeDifyServer) -> None:
-    cid = dify_server.add_conversation(user=USER)
+def _serve_and_rename(
+    environment: dict[str, str], cid: str, *args: str
+) -> tuple[int, dict[str, object], subprocess.CompletedProcess[str]]:
+    """Start the service as a program, rename *cid* through it, stop it."""
     port = _free_port()
-    env = {
-        **os.environ,
-        "DIFY_API_KEY": dify_server.api_key,
-        "DIFY_BASE_URL": dify_server.base_url,
-    }
+    command = [sys.executable, str(EXAMPLES / "aiohttp_service.py")]
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, str(EXAMPLES / "aiohttp_service.py"), "--port", str(port)],
-        env=env,
+        [*command, "--port", str(port), *args],
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -411,11 +559,36 @@ def test_service_runs_as_a_program(dify_server: FakeDifyServer) -> None:
                 return response.status, await response.json()
 
         status, body = asyncio.run(call())
-        assert status == 200
-        assert (body["id"], body["name"]) == (cid, "Trip plans")
     finally:
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert "Unclosed" not in stderr
+        stdout, stderr = process.communicate(timeout=30)
+    finished = subprocess.CompletedProcess(
+        process.args, process.returncode, stdout, stderr
+    )
+    return status, body, finished
+
+
+def test_service_runs_as_a_program(dify_server: FakeDifyServer) -> None:
+    cid = dify_server.add_conversation(user=USER)
+
+    status, body, finished = _serve_and_rename(_environment(dify_server), cid)
+
+    assert status == 200
+    assert (body["id"], body["name"]) == (cid, "Trip plans")
+    assert finished.returncode == 0, finished.stderr
+    assert "Unclosed" not in finished.stderr
     assert dify_server.get_conversation(cid).name == "Trip plans"
+
+
+def test_service_with_fake_serves_its_own_conversation() -> None:
+    """``--fake`` with no key: the service renames on a fake server it starts."""
+    status, body, finished = _serve_and_rename(
+        _environment(), SAMPLE_CONVERSATION, "--fake"
+    )
+
+    assert status == 200
+    assert (body["id"], body["name"]) == (SAMPLE_CONVERSATION, "Trip plans")
+    assert finished.returncode == 0, finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert "Unclosed" not in finished.stderr
+    assert "curl -X POST localhost:" in finished.stdout
