@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from types import TracebackType
 from typing import Final
 
@@ -17,8 +24,8 @@ from ._batch import rename_many, rename_stream
 from ._exceptions import ClientClosedError, DifyError, InvalidRequestError
 from ._models import Conversation, RenameRequest
 from ._pacing import unless_set
-from ._retry import RetryEvent, call_with_retries
-from ._sansio import build_request, decode_response, make_endpoint
+from ._retry import RetryEvent, retry_after_failure
+from ._sansio import PreparedRequest, build_request, decode_response, make_endpoint
 from ._settings import DEFAULT_MAX_RESPONSE_SIZE, UNSET, Settings, Unset
 from ._transport import DEFAULT_TIMEOUT, Transport
 from ._validation import DEFAULT_BASE_URL
@@ -286,7 +293,7 @@ class AsyncDifyClient:
         """
         self._ensure_usable()
         return await rename_many(
-            self._rename, requests, concurrency=concurrency, on_progress=on_progress
+            self._renamer(), requests, concurrency=concurrency, on_progress=on_progress
         )
 
     def rename_stream(
@@ -326,7 +333,7 @@ class AsyncDifyClient:
             InvalidRequestError: *concurrency* is not a positive int, or
                 *requests* is not iterable (raised here, before any work).
         """
-        return rename_stream(self._rename, requests, concurrency=concurrency)
+        return rename_stream(self._renamer(), requests, concurrency=concurrency)
 
     def _ensure_usable(self) -> None:
         """Raise unless calls can be made: the one check of "closed" and loop."""
@@ -334,31 +341,25 @@ class AsyncDifyClient:
             raise ClientClosedError("this AsyncDifyClient is closed")
         self._transport.ensure_usable()
 
-    async def _rename(self, request: RenameRequest) -> Conversation:
-        """One rename of a batch, with the client's settings."""
-        return await self._call(request, self._settings)
+    def _renamer(self) -> Callable[[RenameRequest], Awaitable[Conversation]]:
+        """The call path with the client's settings, for one rename of a batch."""
+        return functools.partial(self._call, settings=self._settings)
 
     async def _call(self, request: RenameRequest, settings: Settings) -> Conversation:
         """The one path every rename takes: send, decode, retry."""
         self._ensure_usable()
         prepared = build_request(self._endpoint, request)
-        transport, timeout = self._transport, settings.timeout
-        deadline_at = None
+        timeout, deadline_at = settings.timeout, None
         if settings.deadline is not None:
             deadline_at = asyncio.get_running_loop().time() + settings.deadline
-
-        async def attempt() -> Conversation:
-            response = await transport.send(prepared, timeout, deadline_at)
-            return decode_response(
-                response.status,
-                response.headers,
-                response.body,
-                request=prepared,
-                complete=response.complete,
-            )
-
-        return await call_with_retries(
-            attempt,
+        try:
+            # A first success never touches the retry machinery.
+            return await self._attempt(prepared, timeout, deadline_at)
+        except DifyError as error:
+            failure = error
+        return await retry_after_failure(
+            failure,
+            functools.partial(self._attempt, prepared, timeout, deadline_at),
             conversation_id=prepared.conversation_id,
             idempotent=prepared.idempotent,
             max_retries=settings.max_retries,
@@ -366,6 +367,22 @@ class AsyncDifyClient:
             deadline_at=deadline_at,
             on_retry=settings.on_retry,
             sleep=self._sleep,
+        )
+
+    async def _attempt(
+        self,
+        prepared: PreparedRequest,
+        timeout: aiohttp.ClientTimeout,
+        deadline_at: float | None,
+    ) -> Conversation:
+        """Send once through the transport; decode the answer."""
+        response = await self._transport.send(prepared, timeout, deadline_at)
+        return decode_response(
+            response.status,
+            response.headers,
+            response.body,
+            request=prepared,
+            complete=response.complete,
         )
 
     async def _sleep(self, seconds: float) -> None:

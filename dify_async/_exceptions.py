@@ -28,6 +28,7 @@ its text differs between Dify versions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -320,38 +321,17 @@ class UnsupportedMediaTypeError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many requests.
+    """429: too many requests."""
 
-    Attributes:
-        retry_after: Seconds the server asked to wait (from ``Retry-After`` or
-            ``retry-after-ms``), as sent even when above the client's cap, or
-            ``None`` when the server gave no usable value. Read from
-            ``headers`` when the error is built.
-    """
+    @functools.cached_property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked to wait, or ``None``.
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        code: str | None,
-        headers: Mapping[str, str],
-        body: object,
-        method: str | None = None,
-        url: str | None = None,
-        attempts: int = 1,
-    ) -> None:
-        super().__init__(
-            message,
-            status_code=status_code,
-            code=code,
-            headers=headers,
-            body=body,
-            method=method,
-            url=url,
-            attempts=attempts,
-        )
-        self.retry_after = parse_retry_after(headers)
+        Read from ``Retry-After`` or ``retry-after-ms``; the server's value
+        even when it is above the client's cap; ``None`` when the server gave
+        no usable value.
+        """
+        return parse_retry_after(self.headers)
 
 
 class InternalServerError(APIStatusError):

@@ -16,9 +16,10 @@
 - Before each retry wait: one WARNING log line and the ``on_retry`` hook, with
   a :class:`RetryEvent`. Every error that escapes records ``attempts``.
 
-The first attempt runs on its own: a call that succeeds at once pays nothing
-for the retry machinery. A failure that may be retried starts a tenacity loop
-whose state opens with that failure as its first attempt's outcome.
+The first attempt runs on its own, in the client's call path: a call that
+succeeds at once pays nothing for the retry machinery. A failure goes to
+:func:`retry_after_failure`, which starts a tenacity loop whose state opens
+with that failure as its first attempt's outcome.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ __all__ = [
     "NOT_STARTED_STATUSES",
     "RETRYABLE_STATUSES",
     "RetryEvent",
-    "call_with_retries",
     "instant_retries",
     "is_retryable",
     "requested_wait",
+    "retry_after_failure",
     "set_instant_retries",
     "wait_retry_after",
 ]
@@ -178,7 +179,8 @@ def _too_long(error: DifyError, max_retry_after: float | None) -> bool:
     return requested is not None and requested > max_retry_after
 
 
-async def call_with_retries(
+async def retry_after_failure(
+    failure: DifyError,
     send: Callable[[], Awaitable[T]],
     *,
     conversation_id: str,
@@ -189,11 +191,14 @@ async def call_with_retries(
     on_retry: Callable[[RetryEvent], object] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
-    """Await *send*, retrying it while that can help and cannot harm.
+    """Go on with a call whose first attempt failed: retry it or give up.
 
-    Every :class:`DifyError` that escapes has ``attempts`` set.
+    The caller makes the first attempt itself, so that a call that succeeds
+    at once never builds any retry machinery. Every :class:`DifyError` that
+    escapes has ``attempts`` set.
 
     Args:
+        failure: What the first attempt ended with.
         send: Sends the request once; raises :class:`DifyError` on failure.
         conversation_id: For the :class:`RetryEvent`.
         idempotent: Whether the request may be repeated at no cost.
@@ -205,10 +210,6 @@ async def call_with_retries(
         sleep: Waits between attempts (the client's returns early when it
             is closed, so the next attempt fails at once).
     """
-    try:
-        return await send()
-    except DifyError as error:
-        failure = error
     failure.attempts = 1
 
     def worth_retrying(error: BaseException) -> bool:

@@ -97,17 +97,19 @@ def make_endpoint(base_url: str, api_key: str, user_agent: str) -> Endpoint:
             accepted.
         user_agent: The ``User-Agent`` header.
     """
-    headers = {
-        "Authorization": f"Bearer {api_key}",
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": user_agent,
-    }
-    return Endpoint(base_url, headers, api_key.encode())
+    headers = CIMultiDict(
+        {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": user_agent,
+        }
+    )
+    # A read-only multidict: aiohttp takes it as it is, without a copy.
+    return Endpoint(base_url, CIMultiDictProxy(headers), api_key.encode())
 
 
-@attrs.frozen
-class PreparedRequest:
+class PreparedRequest(NamedTuple):
     """One rename exactly as it goes on the wire, and what its answer needs.
 
     Attributes:
@@ -123,11 +125,14 @@ class PreparedRequest:
 
     method: str
     url: str
-    headers: Mapping[str, str] = attrs.field(repr=False)
-    body: bytes = attrs.field(repr=False)
+    headers: Mapping[str, str]
+    body: bytes
     conversation_id: str
     idempotent: bool
-    secret: bytes = attrs.field(repr=False)
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"PreparedRequest(method={self.method!r}, url={self.url!r})"
 
 
 class Response(NamedTuple):
@@ -329,26 +334,18 @@ def _decode_conversation(
     complete: bool,
     request: PreparedRequest | None,
 ) -> Conversation:
-    def invalid(message: str, shown: object) -> APIResponseValidationError:
-        return APIResponseValidationError(
-            f"HTTP {status} with {message}",
-            status_code=status,
-            headers=_safe_headers(headers, request),
-            body=shown,
-            method=METHOD if request is None else request.method,
-            url=None if request is None else request.url,
-        )
-
     if not complete:
-        raise invalid("a body larger than max_response_size; not read", None)
+        message = "a body larger than max_response_size; not read"
+        raise _invalid(status, headers, request, message, None)
     try:
         data = _json(body)
     except ValueError:
         shown = excerpt(body, headers.get("Content-Type"))
-        raise invalid(f"a body that is not JSON: {shown!r}", shown) from None
+        message = f"a body that is not JSON: {shown!r}"
+        raise _invalid(status, headers, request, message, shown) from None
     if type(data) is not dict:
-        kind = type(data).__name__
-        raise invalid(f"a JSON {kind}, not a conversation", _redact_json(data, request))
+        message = f"a JSON {type(data).__name__}, not a conversation"
+        raise _invalid(status, headers, request, message, _redact_json(data, request))
     try:
         return structure_conversation_quickly(data, Conversation)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError):
@@ -359,10 +356,27 @@ def _decode_conversation(
             detail = _describe(exc)
             if request is not None:
                 detail = detail.replace(request.secret.decode(), REDACTED)
+            message = f"a body that is not a conversation: {detail}"
             redacted = _redact_json(data, request)
-            raise invalid(
-                f"a body that is not a conversation: {detail}", redacted
-            ) from exc
+            raise _invalid(status, headers, request, message, redacted) from exc
+
+
+def _invalid(
+    status: int,
+    headers: Mapping[str, str],
+    request: PreparedRequest | None,
+    message: str,
+    shown: object,
+) -> APIResponseValidationError:
+    """The error for a 2xx whose body is not the requested conversation."""
+    return APIResponseValidationError(
+        f"HTTP {status} with {message}",
+        status_code=status,
+        headers=_safe_headers(headers, request),
+        body=shown,
+        method=METHOD if request is None else request.method,
+        url=None if request is None else request.url,
+    )
 
 
 def _check_id(

@@ -247,89 +247,81 @@ class Transport:
             else:
                 await slots.acquire()
         try:
-            return await self._attempt(request, timeout, deadline_at)
+            session = self._session_for(request)
+            timeout = self._attempt_timeout(request, timeout, deadline_at)
+            debug = logger.isEnabledFor(logging.DEBUG)
+            if debug:
+                logger.debug("%s %s", request.method, request.url)
+            try:
+                async with session.request(
+                    request.method,
+                    URL(request.url, encoded=True),
+                    data=request.body,
+                    headers=request.headers,
+                    allow_redirects=False,
+                    raise_for_status=False,
+                    timeout=timeout,
+                ) as response:
+                    if debug:
+                        logger.debug(
+                            "%s %s -> %d", request.method, request.url, response.status
+                        )
+                    return await self._read(response)
+            except asyncio.CancelledError:
+                if not self._closed_meanwhile():
+                    raise
+                error: DifyError = ClientClosedError(
+                    "the client was closed while this call was in flight",
+                    method=request.method,
+                    url=request.url,
+                )
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                error = self._translate(exc, request)
+            # Raised outside the handler, so that the aiohttp exception is not
+            # chained as __context__ (some carry the request's headers).
+            raise error
         finally:
             if slots is not None:
                 slots.release()
 
-    async def _attempt(
-        self,
-        request: PreparedRequest,
-        timeout: aiohttp.ClientTimeout,
-        deadline_at: float | None,
-    ) -> Response:
-        if self.closed:  # closed while this call waited its turn
-            raise ClientClosedError(
-                "this AsyncDifyClient is closed", method=request.method, url=request.url
-            )
-        if deadline_at is not None:
-            timeout = _clip(timeout, self._remaining(request, deadline_at))
-        session = self._session_for(request)
-        debug = logger.isEnabledFor(logging.DEBUG)
-        if debug:
-            logger.debug("%s %s", request.method, request.url)
-        try:
-            async with session.request(
-                request.method,
-                URL(request.url, encoded=True),
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,
-                raise_for_status=False,
-                timeout=timeout,
-            ) as response:
-                body, complete = await self._read(response)
-                if debug:
-                    logger.debug(
-                        "%s %s -> %d", request.method, request.url, response.status
-                    )
-                return Response(response.status, response.headers, body, complete)
-        except asyncio.CancelledError:
-            if not self._closed_meanwhile():
-                raise
-            error: DifyError = ClientClosedError(
-                "the client was closed while this call was in flight",
-                method=request.method,
-                url=request.url,
-            )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            error = self._translate(exc, request)
-        # Raised outside the handler, so that the aiohttp exception is not
-        # chained as __context__ (some carry the request's headers).
-        raise error
-
-    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    async def _read(self, response: aiohttp.ClientResponse) -> Response:
         """Read the decoded body, at most the limit plus one chunk.
 
         Returns:
-            The body and ``True``, or ``b""`` and ``False`` when it went past
-            the limit (the rest is never read; the connection is dropped).
+            The answer; past the limit, with an empty body and ``complete``
+            false (the rest is never read; the connection is dropped).
         """
-        limit = self._limit
+        status, headers, limit = response.status, response.headers, self._limit
         declared = response.content_length
         if (
             declared is not None
             and declared > limit
-            and response.headers.get("Content-Encoding", "identity") == "identity"
+            and headers.get("Content-Encoding", "identity") == "identity"
         ):
-            return b"", False  # its decoded length is the declared one
+            return Response(status, headers, b"", complete=False)  # as declared
         content = response.content
         chunks: list[bytes] = []
         size = 0
         while chunk := await content.readany():
             size += len(chunk)
             if size > limit:
-                return b"", False
+                return Response(status, headers, b"", complete=False)
             chunks.append(chunk)
-        return b"".join(chunks), True
+        return Response(status, headers, b"".join(chunks))
 
     def _session_for(self, request: PreparedRequest) -> aiohttp.ClientSession:
-        """The session to send *request* through.
+        """The session to send *request* through; raise if the client closed.
 
         A request that must not be repeated gets a connection of its own when
         the session is ours: a pooled one may have been closed by the server
         while idle, and a failure on it could then not be retried.
         """
+        if self.closed:  # closed while this call waited its turn
+            raise ClientClosedError(
+                "this AsyncDifyClient is closed",
+                method=request.method,
+                url=request.url,
+            )
         session = self._session
         assert session is not None  # noqa: S101  (ensure_usable made it)
         if request.idempotent or not self._owns_session:
@@ -364,6 +356,17 @@ class Transport:
         else:
             return
         raise error
+
+    def _attempt_timeout(
+        self,
+        request: PreparedRequest,
+        timeout: aiohttp.ClientTimeout,
+        deadline_at: float | None,
+    ) -> aiohttp.ClientTimeout:
+        """The attempt's timeout, cut to what is left of the call's deadline."""
+        if deadline_at is None:
+            return timeout
+        return _clip(timeout, self._remaining(request, deadline_at))
 
     def _remaining(self, request: PreparedRequest, deadline_at: float) -> float:
         remaining = deadline_at - asyncio.get_running_loop().time()

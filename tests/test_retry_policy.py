@@ -28,7 +28,7 @@ from dify_async import (
     RetryEvent,
 )
 from dify_async._pacing import unless_set
-from dify_async._retry import call_with_retries, is_retryable
+from dify_async._retry import is_retryable, retry_after_failure
 from dify_async._retry_after import parse_retry_after
 from dify_async.testing import instant_retries, set_instant_retries
 
@@ -233,10 +233,16 @@ async def run(
     deadline: float | None = None,
     on_retry: Callable[[RetryEvent], object] | None = None,
 ) -> str:
+    """A call as the client makes it: a first attempt, then the retry loop."""
     deadline_at = None
     if deadline is not None:
         deadline_at = asyncio.get_running_loop().time() + deadline
-    return await call_with_retries(
+    try:
+        return await script()
+    except DifyError as error:
+        failure = error
+    return await retry_after_failure(
+        failure,
         script,
         conversation_id=CID,
         idempotent=idempotent,
@@ -389,14 +395,18 @@ async def test_retries_stop_at_the_deadline():
         await asyncio.sleep(seconds)
 
     started = time.monotonic()
+    deadline_at = asyncio.get_running_loop().time() + 0.3
+    with pytest.raises(DifyError) as caught:
+        await script()
     with pytest.raises(InternalServerError):
-        await call_with_retries(
+        await retry_after_failure(
+            caught.value,
             script,
             conversation_id=CID,
             idempotent=True,
             max_retries=1000,
             max_retry_after=60.0,
-            deadline_at=asyncio.get_running_loop().time() + 0.3,
+            deadline_at=deadline_at,
             sleep=sleep,
         )
     assert sum(planned) < 0.3

@@ -99,10 +99,7 @@ class ServerState:
         Raises:
             KeyError: No such conversation.
         """
-        try:
-            cid = canonical_id(conversation_id)
-        except ValueError:
-            raise KeyError(conversation_id) from None
+        cid = _key(conversation_id)
         with self._lock:
             conversation = self._conversations[cid]
         return conversation._snapshot()  # noqa: SLF001
@@ -113,10 +110,7 @@ class ServerState:
         Raises:
             KeyError: No such conversation.
         """
-        try:
-            cid = canonical_id(conversation_id)
-        except ValueError:
-            raise KeyError(conversation_id) from None
+        cid = _key(conversation_id)
         with self._lock:
             del self._conversations[cid]
 
@@ -210,3 +204,15 @@ class ServerState:
             self.llm_calls = 0
             self.max_in_flight = self._in_flight
             self._by_conversation.clear()
+
+
+def _key(conversation_id: str) -> str:
+    """The canonical id under which a conversation is stored.
+
+    Raises:
+        KeyError: *conversation_id* is not a UUID (so no conversation has it).
+    """
+    try:
+        return canonical_id(conversation_id)
+    except ValueError:
+        raise KeyError(conversation_id) from None
