@@ -53,7 +53,9 @@ def tests(session: nox.Session) -> None:
     # Run pytest as a script (not ``-m``) so the checkout is not on sys.path
     # and the installed wheel is what gets imported.
     pytest = str(Path(session.bin) / "pytest")
-    session.run("coverage", "run", pytest, *session.posargs)
+    # One worker per core (pytest-xdist); coverage follows the workers through
+    # its subprocess patch. ``nox -s tests -- -n 0`` runs them in one process.
+    session.run("coverage", "run", pytest, "-n", "auto", *session.posargs)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
 
