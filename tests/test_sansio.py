@@ -371,3 +371,74 @@ class TestExcerpt:
     def test_control_characters_are_removed(self):
         """Terminal escapes in a body cannot reach a log line."""
         assert excerpt(b"bad\x1b[31mred\x00") == "bad [31mred"
+
+
+class TestAnswerForARequest:
+    """What decoding decides once it knows the request: id, limit, key."""
+
+    SECRET_REQUEST = build_request(
+        make_endpoint("https://h/v1", "app-s3cret", "ua"), RenameRequest(CID, "u", "n")
+    )
+
+    def test_a_success_for_another_conversation_is_refused(self):
+        """A 2xx carrying another id is not the requested conversation."""
+        other = {**SUCCESS, "id": "00000000-0000-4000-8000-000000000000"}
+        with pytest.raises(APIResponseValidationError, match="another"):
+            decode_response(200, {}, json.dumps(other).encode(), request=REQUEST)
+
+    def test_the_same_id_spelled_otherwise_is_accepted(self):
+        """Upper case, or no hyphens, is the same UUID."""
+        for spelling in (CID.upper(), CID.replace("-", "")):
+            body = json.dumps({**SUCCESS, "id": spelling}).encode()
+            assert (
+                decode_response(200, {}, body, request=REQUEST).name
+                == "iPhone Specs Chat"
+            )
+
+    @pytest.mark.parametrize(
+        ("status", "cls"),
+        [(200, APIResponseValidationError), (502, InternalServerError)],
+    )
+    def test_a_body_not_read_whole_is_refused_without_a_body(self, status, cls):
+        """complete=False: the limit was passed; no body is kept."""
+        with pytest.raises(cls) as info:
+            decode_response(status, {}, b"", request=REQUEST, complete=False)
+        assert info.value.body is None
+        assert "max_response_size" in info.value.message
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"code": "bad", "message": "Bearer app-s3cret is wrong", "status": 400}',
+            b'{"code": "bad", "message": "\\u0061pp-s3cret", "status": 400}',
+            json.dumps({"code": "bad", "message": "app-s3cret", "status": 400}).encode(
+                "utf-16"
+            ),
+            b"<html><title>app-s3cret</title></html>",
+        ],
+    )
+    def test_an_echoed_key_is_redacted(self, body):
+        """The key is replaced however the server spelled it."""
+        headers = {"X-Echo": "Bearer app-s3cret", "app-s3cret": "x"}
+        with pytest.raises(BadRequestError) as info:
+            decode_response(400, headers, body, request=self.SECRET_REQUEST)
+        error = info.value
+        for text in (str(error), repr(error.body), repr(dict(error.headers))):
+            assert "s3cret" not in text
+        assert "***" in str(error) + repr(error.body) + repr(dict(error.headers))
+
+    def test_deep_nesting_is_not_json(self):
+        """JSON nested past the interpreter's limit is an excerpt, not a crash."""
+        body = b"[" * 100_000 + b"]" * 100_000
+        with pytest.raises(APIResponseValidationError, match="not JSON"):
+            decode_response(200, {}, body, request=REQUEST)
+        with pytest.raises(InternalServerError) as info:
+            decode_response(500, {}, body, request=REQUEST)
+        assert isinstance(info.value.body, str)
+
+    def test_a_location_with_a_raw_byte_is_shown_safely(self):
+        """A redirect whose Location is not UTF-8 still gives its message."""
+        location = b"https://h/\xff/v1".decode("utf-8", "surrogateescape")
+        with pytest.raises(APIStatusError) as info:
+            decode_response(302, {"Location": location}, b"", request=REQUEST)
+        str(info.value).encode()  # printable and encodable
