@@ -22,7 +22,8 @@ from ._inputs import Row
 from ._messages import UsageError, describe, say
 from ._parser import EXIT_FAILED, EXIT_OK
 from ._progress import Progress
-from ._runner import Batch, RetryCounter, signals_cancel
+from ._runner import Batch, RetryCounter
+from ._signals import signals_cancel
 from ._summary import Summary
 
 __all__ = ["demo_command"]
@@ -266,7 +267,7 @@ async def _demo(args: argparse.Namespace, demo: _Demo) -> int:
             Row(n, request=request, raw_id=request.conversation_id)
             for n, request in enumerate(demo.requests, start=1)
         )
-        with signals_cancel(summary):
+        with signals_cancel(summary.interrupt):
             await batch.run(rows)
     _report(demo, summary)
     if summary.interrupted is not None:

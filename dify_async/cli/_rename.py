@@ -16,6 +16,7 @@ from dify_async import Conversation, DifyError, InvalidRequestError, RenameReque
 from ._connection import make_client
 from ._messages import UsageError, describe, error_record, hint, say, warn
 from ._parser import EXIT_FAILED, EXIT_OK
+from ._signals import signals_cancel
 from ._summary import UNTITLED_NOTE, is_untitled
 
 __all__ = ["conversation_json", "rename_command"]
@@ -82,6 +83,18 @@ def rename_command(args: argparse.Namespace) -> int:
 
 
 async def _rename(args: argparse.Namespace, request: RenameRequest) -> int:
+    received: list[int] = []
+    try:
+        with signals_cancel(received.append):
+            return await _rename_once(args, request)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    warn(f"{args.prog}: interrupted")
+    return 128 + received[0]
+
+
+async def _rename_once(args: argparse.Namespace, request: RenameRequest) -> int:
     async with make_client(args) as dify:
         try:
             conversation = await dify.rename_conversation(

@@ -13,13 +13,11 @@ import asyncio
 import contextlib
 import csv
 import json
-import signal
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import cast
 
 import attrs
 
@@ -46,9 +44,10 @@ from ._messages import (
 )
 from ._progress import Progress
 from ._results import Results, resume_command
+from ._signals import signals_cancel
 from ._summary import UNTITLED_NOTE, Summary, is_untitled
 
-__all__ = ["Batch", "RetryCounter", "batch_command", "signals_cancel"]
+__all__ = ["Batch", "RetryCounter", "batch_command"]
 
 Outcome = Conversation | DifyError
 
@@ -261,38 +260,6 @@ class Batch:
             )
 
 
-@contextlib.contextmanager
-def signals_cancel(summary: Summary) -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into a clean cancellation of the current task.
-
-    Args:
-        summary: Where the signal is recorded.
-
-    Yields:
-        Nothing; the handlers are removed on exit.
-    """
-    loop = asyncio.get_running_loop()
-    task = cast("asyncio.Task[object]", asyncio.current_task())
-    installed: list[signal.Signals] = []
-
-    def interrupt(signum: signal.Signals) -> None:
-        if summary.interrupted is None:  # a second signal changes nothing
-            summary.interrupted = int(signum)
-            task.cancel()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, interrupt, signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
-            continue  # not the main thread, or a platform without them
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-
-
 def batch_command(args: argparse.Namespace) -> int:
     """Run ``dify-async batch``.
 
@@ -357,7 +324,7 @@ async def _batch(
                 results=results,
                 finished=set() if results is None else results.finished,
             )
-            with signals_cancel(summary):
+            with signals_cancel(summary.interrupt):
                 await batch.run(rows)
     except asyncio.CancelledError:  # pragma: no cover - a signal as it closes
         if summary.interrupted is None:

@@ -89,6 +89,11 @@ class Summary:
     failure_notes: dict[str, str] = attrs.field(factory=dict)
     resumable: bool = True
 
+    def interrupt(self, signum: int) -> None:
+        """Record the signal that interrupted the run (the first one counts)."""
+        if self.interrupted is None:
+            self.interrupted = signum
+
     @property
     def failed(self) -> int:
         """Rows that did not end renamed."""
