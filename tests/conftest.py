@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +38,25 @@ def no_retry_wait() -> Iterator[None]:
     """Make retry waits instant for the duration of a test."""
     with instant_retries():
         yield
+
+
+@pytest.fixture
+async def new_client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., AsyncDifyClient]]:
+    """A factory for clients of a test server, all closed when the test ends.
+
+    Each client uses the test module's ``KEY``, so that a module can check
+    that its own key never shows.
+    """
+    key: str = request.module.KEY
+    made: list[AsyncDifyClient] = []
+
+    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
+        client = AsyncDifyClient(key, base_url=base_url, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()

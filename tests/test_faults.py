@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -73,21 +72,6 @@ def logged_waits(caplog: pytest.LogCaptureFixture) -> list[float]:
         for r in caplog.records
         if r.name == "dify_async" and r.levelno == logging.WARNING
     ]
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def rename(client: AsyncDifyClient, **kwargs: Any) -> Conversation:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from faulty_servers import CID, FaultyServer, gateway_page, ok
 
 from dify_async import (
-    AsyncDifyClient,
     Conversation,
     InternalServerError,
     RenameRequest,
@@ -30,21 +29,6 @@ CALL_LIMIT = 10.0
 
 class HookError(Exception):
     """What the broken hook raises."""
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 def broken_hooks(seen: list[RetryEvent]) -> dict[str, Callable[[RetryEvent], Any]]:

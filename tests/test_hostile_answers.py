@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 from hostile_servers import (
@@ -81,21 +79,6 @@ def dify_error_with(status: int, extra: bytes) -> bytes:
         b'{"code": "unknown", "message": "Internal Server Error", "status": %d, '
         b'"extra": %s}' % (status, extra)
     )
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def rename(client: AsyncDifyClient, cid: str = CID) -> Conversation:

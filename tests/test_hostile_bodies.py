@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import json
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 from hostile_servers import (
@@ -75,21 +74,6 @@ def measured_peak() -> Iterator[Peak]:
         peak.bytes = tracemalloc.get_traced_memory()[1] - baseline
         if not was_tracing:
             tracemalloc.stop()
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def rename(client: AsyncDifyClient) -> Conversation:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -31,7 +30,6 @@ from dify_async import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
-    AsyncDifyClient,
     Conversation,
     InternalServerError,
     RateLimitError,
@@ -48,21 +46,6 @@ GRACE = 3.0
 def bound(deadline: float) -> float:
     """The latest a call with *deadline* may end: deadline + 10 % + slack."""
     return deadline * 1.1 + SLACK
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def timed(

@@ -17,8 +17,7 @@ import json
 import logging
 import pickle
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 from hostile_servers import (
@@ -299,21 +298,6 @@ ECHOES: dict[str, tuple[Step, type[DifyError]]] = {
         DifyError,
     ),
 }
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def rename(client: AsyncDifyClient) -> object:

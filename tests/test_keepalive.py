@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -34,21 +33,6 @@ STALE_SERVERS: dict[str, dict[str, Any]] = {
     "closes-right-after-answer": {"close_after_answer": 0.0},
     "closes-after-50ms-idle": {"idle_timeout": 0.05},
 }
-
-
-@pytest.fixture
-async def new_client() -> AsyncIterator[Callable[..., AsyncDifyClient]]:
-    """A factory for clients that are all closed at the end of the test."""
-    made: list[AsyncDifyClient] = []
-
-    def make(base_url: str, **kwargs: Any) -> AsyncDifyClient:
-        client = AsyncDifyClient(KEY, base_url=base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def rename(client: AsyncDifyClient, **kwargs: Any) -> Conversation:
