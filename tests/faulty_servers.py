@@ -205,7 +205,7 @@ class FaultyServer:
         self._connections.add(connection)
         try:
             while not connection.done:
-                request = await _read_request(reader)
+                request = await read_request(reader)
                 if request is None:
                     connection.peer_closed = True
                     break
@@ -228,7 +228,8 @@ class FaultyServer:
             self._connections.discard(connection)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """Read one request (head and Content-Length body); ``None`` at EOF."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:

@@ -38,7 +38,14 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from faulty_servers import CID, Connection, Request, conversation_json, ok
+from faulty_servers import (
+    CID,
+    Connection,
+    Request,
+    conversation_json,
+    ok,
+    read_request,
+)
 
 HANG_LIMIT = 10.0
 """No read or step ever holds a connection longer than this."""
@@ -219,23 +226,6 @@ class ServerThread:
             asyncio.run(serve())
         finally:
             self._ready.set()
-
-
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    """Read one request (head and Content-Length body); ``None`` at EOF."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    request_line, *header_lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = request_line.split(" ", 2)
-    headers = {}
-    for line in header_lines:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Request(method, path, headers, body)
 
 
 def conversation_id_of(request: Request) -> str:
