@@ -536,7 +536,7 @@ def test_demo_renames_everything_and_checks_the_server():
     assert "planted" in intro
     assert "expected 404 not_found" in intro
     assert re.search(r"404 not_found +1  \(expected\)", done.stdout)
-    failures = [line for line in done.stderr.splitlines() if "404" in line]
+    failures = [line for line in done.stderr.splitlines() if "404 not_found" in line]
     assert len(failures) == 1
     assert failures[0].endswith("(expected)")
     retries = [line for line in done.stderr.splitlines() if "Retrying" in line]
