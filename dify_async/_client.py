@@ -25,7 +25,7 @@ from ._exceptions import ClientClosedError, DifyError, InvalidRequestError
 from ._models import Conversation, RenameRequest
 from ._pacing import unless_set
 from ._retry import RetryEvent, retry_after_failure
-from ._sansio import PreparedRequest, build_request, decode_response, make_endpoint
+from ._sansio import build_request, make_endpoint
 from ._settings import DEFAULT_MAX_RESPONSE_SIZE, UNSET, Settings, Unset
 from ._transport import DEFAULT_TIMEOUT, Transport
 from ._validation import DEFAULT_BASE_URL
@@ -354,12 +354,12 @@ class AsyncDifyClient:
             deadline_at = asyncio.get_running_loop().time() + settings.deadline
         try:
             # A first success never touches the retry machinery.
-            return await self._attempt(prepared, timeout, deadline_at)
+            return await self._transport.send(prepared, timeout, deadline_at)
         except DifyError as error:
             failure = error
         return await retry_after_failure(
             failure,
-            functools.partial(self._attempt, prepared, timeout, deadline_at),
+            functools.partial(self._transport.send, prepared, timeout, deadline_at),
             conversation_id=prepared.conversation_id,
             idempotent=prepared.idempotent,
             max_retries=settings.max_retries,
@@ -367,22 +367,6 @@ class AsyncDifyClient:
             deadline_at=deadline_at,
             on_retry=settings.on_retry,
             sleep=self._sleep,
-        )
-
-    async def _attempt(
-        self,
-        prepared: PreparedRequest,
-        timeout: aiohttp.ClientTimeout,
-        deadline_at: float | None,
-    ) -> Conversation:
-        """Send once through the transport; decode the answer."""
-        response = await self._transport.send(prepared, timeout, deadline_at)
-        return decode_response(
-            response.status,
-            response.headers,
-            response.body,
-            request=prepared,
-            complete=response.complete,
         )
 
     async def _sleep(self, seconds: float) -> None:

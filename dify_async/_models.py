@@ -46,12 +46,6 @@ class Conversation:
     updated_at: datetime | None = None
 
 
-def _check_request(instance: RenameRequest) -> None:
-    check_user(instance.user)
-    check_auto_generate(instance.auto_generate)
-    check_name(instance.name, auto_generate=instance.auto_generate)
-
-
 @attrs.frozen
 class RenameRequest:
     """One rename, validated when it is built.
@@ -76,4 +70,6 @@ class RenameRequest:
     auto_generate: bool = False
 
     def __attrs_post_init__(self) -> None:
-        _check_request(self)
+        check_user(self.user)
+        check_auto_generate(self.auto_generate)
+        check_name(self.name, auto_generate=self.auto_generate)

@@ -46,10 +46,8 @@ __all__ = [
     "REDACTED",
     "Endpoint",
     "PreparedRequest",
-    "Response",
     "build_request",
     "decode_response",
-    "encode_body",
     "excerpt",
     "make_endpoint",
     "redact",
@@ -135,23 +133,6 @@ class PreparedRequest(NamedTuple):
         return f"PreparedRequest(method={self.method!r}, url={self.url!r})"
 
 
-class Response(NamedTuple):
-    """An answer as read off the wire.
-
-    Attributes:
-        status: The HTTP status.
-        headers: The response headers.
-        body: The decoded body as read (empty when it was not read whole).
-        complete: Whether *body* is the whole body; ``False`` when it went
-            past the client's ``max_response_size``.
-    """
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    complete: bool = True
-
-
 def _make_iterencode() -> Callable[[object, int], Iterable[str]]:
     """``json.dumps(obj, separators=(",", ":"))`` in chunks, its encoder built once.
 
@@ -179,11 +160,6 @@ def _make_iterencode() -> Callable[[object, int], Iterable[str]]:
 _iterencode: Final = _make_iterencode()
 
 
-def encode_body(request: RenameRequest) -> bytes:
-    """Return the JSON body of a rename, through the converter."""
-    return "".join(_iterencode(unstructure_request(request), 0)).encode()
-
-
 def build_request(endpoint: Endpoint, request: RenameRequest) -> PreparedRequest:
     """Return one rename as it goes on the wire.
 
@@ -196,7 +172,7 @@ def build_request(endpoint: Endpoint, request: RenameRequest) -> PreparedRequest
         METHOD,
         f"{endpoint.base_url}/conversations/{conversation_id}/name",
         endpoint.headers,
-        encode_body(request),
+        "".join(_iterencode(unstructure_request(request), 0)).encode(),
         conversation_id,
         not request.auto_generate,
         endpoint.secret,

@@ -10,6 +10,9 @@ It owns, for one client:
 - ONE bounded read of the body, counting decoded bytes (so a compressed body
   that inflates past ``max_response_size`` is cut off after the limit plus one
   chunk), for successes and errors alike;
+- handing what was read to :func:`._sansio.decode_response`, so that an
+  attempt ends in a :class:`Conversation` or a :class:`DifyError` (the retry
+  loop sends every later attempt through the same :meth:`Transport.send`);
 - ONE place where aiohttp, OS and timeout exceptions become
   :class:`DifyError` instances (:meth:`Transport._translate`), without chaining an
   exception that carries the request's headers.
@@ -41,8 +44,9 @@ from ._exceptions import (
     EventLoopError,
     InvalidRequestError,
 )
+from ._models import Conversation
 from ._pacing import Pacer, unless_set
-from ._sansio import REDACTED, PreparedRequest, Response
+from ._sansio import REDACTED, PreparedRequest, decode_response
 from ._validation import check_seconds
 from ._version import __version__
 
@@ -206,7 +210,8 @@ class Transport:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._connection_limit)
             )
-        elif self._session.closed:
+        elif not self._owns_session and self._session.closed:
+            # Its owner closed it (ours is closed only by close() above).
             raise ClientClosedError(
                 "the aiohttp.ClientSession passed as session= is closed"
             )
@@ -227,8 +232,8 @@ class Transport:
         request: PreparedRequest,
         timeout: aiohttp.ClientTimeout,
         deadline_at: float | None,
-    ) -> Response:
-        """Send one attempt and read its answer.
+    ) -> Conversation:
+        """Send one attempt, read its answer, and decode it.
 
         Waiting for the pacer and for a connection slot comes before the
         attempt's clock starts, and within the call's deadline.
@@ -242,16 +247,12 @@ class Transport:
             await self._wait_for_pacer(request, deadline_at)
         slots = self._slots
         if slots is not None:
-            if slots.locked() and deadline_at is not None:
+            if deadline_at is not None and slots.locked():
                 await self._wait_for_slot(slots, request, deadline_at)
             else:
                 await slots.acquire()
         try:
-            session = self._session_for(request)
-            timeout = self._attempt_timeout(request, timeout, deadline_at)
-            debug = logger.isEnabledFor(logging.DEBUG)
-            if debug:
-                logger.debug("%s %s", request.method, request.url)
+            session, timeout = self._prepare(request, timeout, deadline_at)
             try:
                 async with session.request(
                     request.method,
@@ -262,11 +263,8 @@ class Transport:
                     raise_for_status=False,
                     timeout=timeout,
                 ) as response:
-                    if debug:
-                        logger.debug(
-                            "%s %s -> %d", request.method, request.url, response.status
-                        )
-                    return await self._read(response)
+                    status, headers = response.status, response.headers
+                    body = await self._read(response, request)
             except asyncio.CancelledError:
                 if not self._closed_meanwhile():
                     raise
@@ -277,6 +275,14 @@ class Transport:
                 )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 error = self._translate(exc, request)
+            else:
+                return decode_response(
+                    status,
+                    headers,
+                    b"" if body is None else body,
+                    request=request,
+                    complete=body is not None,
+                )
             # Raised outside the handler, so that the aiohttp exception is not
             # chained as __context__ (some carry the request's headers).
             raise error
@@ -284,39 +290,53 @@ class Transport:
             if slots is not None:
                 slots.release()
 
-    async def _read(self, response: aiohttp.ClientResponse) -> Response:
+    async def _read(
+        self, response: aiohttp.ClientResponse, request: PreparedRequest
+    ) -> bytes | None:
         """Read the decoded body, at most the limit plus one chunk.
 
+        Logs the answer's status at DEBUG level first.
+
         Returns:
-            The answer; past the limit, with an empty body and ``complete``
-            false (the rest is never read; the connection is dropped).
+            The body, or ``None`` past the limit (the rest is never read; the
+            connection is dropped).
         """
-        status, headers, limit = response.status, response.headers, self._limit
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %d", request.method, request.url, response.status)
+        limit = self._limit
         declared = response.content_length
         if (
             declared is not None
             and declared > limit
-            and headers.get("Content-Encoding", "identity") == "identity"
+            and response.headers.get("Content-Encoding", "identity") == "identity"
         ):
-            return Response(status, headers, b"", complete=False)  # as declared
+            return None  # as declared
         content = response.content
         chunks: list[bytes] = []
         size = 0
-        while chunk := await content.readany():
+        while not content.at_eof():  # most bodies come whole in one chunk
+            chunk = await content.readany()
             size += len(chunk)
             if size > limit:
-                return Response(status, headers, b"", complete=False)
+                return None
             chunks.append(chunk)
-        return Response(status, headers, b"".join(chunks))
+        return b"".join(chunks)
 
-    def _session_for(self, request: PreparedRequest) -> aiohttp.ClientSession:
-        """The session to send *request* through; raise if the client closed.
+    def _prepare(
+        self,
+        request: PreparedRequest,
+        timeout: aiohttp.ClientTimeout,
+        deadline_at: float | None,
+    ) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
+        """The session to send *request* through, and the attempt's timeout.
 
-        A request that must not be repeated gets a connection of its own when
-        the session is ours: a pooled one may have been closed by the server
-        while idle, and a failure on it could then not be retried.
+        Logs the request at DEBUG level, as it goes out.
+
+        Raises:
+            ClientClosedError: the client closed while the call waited its turn.
+            APITimeoutError: the call's deadline has passed.
         """
-        if self.closed:  # closed while this call waited its turn
+        if self.closed:
             raise ClientClosedError(
                 "this AsyncDifyClient is closed",
                 method=request.method,
@@ -324,8 +344,21 @@ class Transport:
             )
         session = self._session
         assert session is not None  # noqa: S101  (ensure_usable made it)
-        if request.idempotent or not self._owns_session:
-            return session
+        if not request.idempotent and self._owns_session:
+            session = self._fresh_session()
+        if deadline_at is not None:
+            # Cut to what is left of the call's deadline.
+            timeout = _clip(timeout, self._remaining(request, deadline_at))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s", request.method, request.url)
+        return session, timeout
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        """The session for a request that must not be repeated: a fresh connection.
+
+        A pooled connection may have been closed by the server while idle,
+        and a failure on it could then not be retried.
+        """
         if self._fresh is None:
             self._fresh = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -356,17 +389,6 @@ class Transport:
         else:
             return
         raise error
-
-    def _attempt_timeout(
-        self,
-        request: PreparedRequest,
-        timeout: aiohttp.ClientTimeout,
-        deadline_at: float | None,
-    ) -> aiohttp.ClientTimeout:
-        """The attempt's timeout, cut to what is left of the call's deadline."""
-        if deadline_at is None:
-            return timeout
-        return _clip(timeout, self._remaining(request, deadline_at))
 
     def _remaining(self, request: PreparedRequest, deadline_at: float) -> float:
         remaining = deadline_at - asyncio.get_running_loop().time()

@@ -98,7 +98,8 @@ def check_name(name: object, *, auto_generate: bool) -> str | None:
             f"name is {len(name)} characters long; Dify stores at most "
             f"{MAX_NAME_LENGTH}"
         )
-    _check_unicode("name", name)
+    if not name.isascii():
+        _check_unicode("name", name)
     return name
 
 
@@ -121,7 +122,8 @@ def check_user(user: object) -> str:
         )
     if _CONTROL(user):
         raise InvalidRequestError("user must not contain control characters")
-    _check_unicode("user", user)
+    if not user.isascii():
+        _check_unicode("user", user)
     return user
 
 
