@@ -1,8 +1,3 @@
-"""The installed version of the package."""
+"""The package's version: the one place it is written (the build reads it)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dify-async")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0+unknown"
+__version__ = "0.1.0"

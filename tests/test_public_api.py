@@ -121,11 +121,14 @@ def test_version_comes_from_the_package_metadata() -> None:
     )
 
 
-def test_version_matches_pyproject() -> None:
+def test_the_version_is_written_once() -> None:
+    """The build reads the version from dify_async/_version.py."""
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)
-    assert declared is not None, "the version is no longer static in pyproject.toml"
-    assert dify_async.__version__ == declared[1]
+    assert re.search(r'^dynamic = \["version"\]$', pyproject, re.MULTILINE)
+    assert '[tool.hatch.version]\npath = "dify_async/_version.py"' in pyproject
+    assert not re.search(r"^version = ", pyproject, re.MULTILINE)
+    source = (ROOT / "dify_async" / "_version.py").read_text(encoding="utf-8")
+    assert f'__version__ = "{dify_async.__version__}"' in source
 
 
 def _tree(text: str) -> dict[str, str]:
