@@ -312,15 +312,13 @@ class Transport:
         ):
             return None  # as declared
         content = response.content
-        chunks: list[bytes] = []
-        size = 0
-        while not content.at_eof():  # most bodies come whole in one chunk
+        chunks = [await content.readany()]  # most bodies come whole in one chunk
+        size = len(chunks[0])
+        while size <= limit and not content.at_eof():
             chunk = await content.readany()
             size += len(chunk)
-            if size > limit:
-                return None
             chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks) if size <= limit else None
 
     def _prepare(
         self,
