@@ -253,22 +253,33 @@ def refused_base_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
+def conversation_id_of(request: Request) -> str:
+    """The conversation id in a rename request's path."""
+    return request.path.split("/")[-2]
+
+
+def conversation_body(
+    conversation_id: str = CID, name: str = "Trip plans", **extra: Any
+) -> bytes:
+    """A 200 body for *conversation_id*, with *extra* fields added or replaced."""
+    fields: dict[str, Any] = {
+        "id": conversation_id,
+        "name": name,
+        "inputs": {},
+        "status": "normal",
+        "introduction": "",
+        "created_at": 1705407629,
+        "updated_at": 1705411229,
+        **extra,
+    }
+    return json.dumps(fields).encode()
+
+
 def conversation_json(request: Request) -> bytes:
     """The 200 body Dify sends back for *request*."""
-    conversation_id = request.path.split("/")[-2]
     sent = request.json()
     name = "Generated title" if sent.get("auto_generate") else sent["name"]
-    return json.dumps(
-        {
-            "id": conversation_id,
-            "name": name,
-            "inputs": {},
-            "status": "normal",
-            "introduction": "",
-            "created_at": 1705407629,
-            "updated_at": 1705411229,
-        }
-    ).encode()
+    return conversation_body(conversation_id_of(request), name)
 
 
 # -- steps ------------------------------------------------------------------------
@@ -298,6 +309,21 @@ async def wait_for_peer_close(connection: Connection) -> None:
     except asyncio.TimeoutError:
         return
     connection.peer_closed = True
+
+
+def trickle(interval: float) -> Step:
+    """Send the head at once, then the body one byte every *interval* seconds."""
+
+    async def step(request: Request, connection: Connection) -> None:
+        body = conversation_json(request)
+        await connection.head(
+            200, [("Content-Type", "application/json")], content_length=len(body)
+        )
+        for byte in body:
+            await connection.send(bytes([byte]))
+            await asyncio.sleep(interval)
+
+    return step
 
 
 def reply(

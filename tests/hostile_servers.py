@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import ssl
 import struct
 import threading
@@ -39,9 +38,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from faulty_servers import (
-    CID,
     Connection,
     Request,
+    conversation_id_of,
     conversation_json,
     ok,
     read_request,
@@ -228,11 +227,6 @@ class ServerThread:
             self._ready.set()
 
 
-def conversation_id_of(request: Request) -> str:
-    """The conversation id in a rename request's path."""
-    return request.path.split("/")[-2]
-
-
 # -- steps ------------------------------------------------------------------------
 
 
@@ -338,23 +332,6 @@ async def close_on_first_bytes(connection: Connection) -> None:
 
 
 # -- bodies -----------------------------------------------------------------------
-
-
-def conversation_body(
-    conversation_id: str = CID, name: str = "Trip plans", **extra: Any
-) -> bytes:
-    """A 200 body for *conversation_id*, with *extra* fields added or replaced."""
-    fields: dict[str, Any] = {
-        "id": conversation_id,
-        "name": name,
-        "inputs": {},
-        "status": "normal",
-        "introduction": "",
-        "created_at": 1705407629,
-        "updated_at": 1705411229,
-        **extra,
-    }
-    return json.dumps(fields).encode()
 
 
 @functools.cache

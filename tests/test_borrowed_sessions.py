@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from faulty_servers import refused_base_url
-from hostile_servers import CID, HostileServer
+from faulty_servers import CID, refused_base_url
+from hostile_servers import HostileServer
 
 from dify_async import AsyncDifyClient, InvalidRequestError, NotFoundError
 from dify_async.testing import FakeDifyServer

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from hostile_servers import CID, ServerThread, ok_then_close
+from faulty_servers import CID
+from hostile_servers import ServerThread, ok_then_close
 
 from dify_async import (
     AsyncDifyClient,

@@ -31,6 +31,7 @@ from faulty_servers import (
     refused_base_url,
     reply,
     reset,
+    trickle,
     wait_for_peer_close,
 )
 
@@ -470,21 +471,11 @@ async def test_headers_slower_than_the_timeout_auto_generate(
     assert 0.25 <= stopwatch.elapsed < 0.3 + SLACK
 
 
-async def trickle(request: Request, connection: Connection) -> None:
-    body = conversation_json(request)
-    await connection.head(
-        200, [("Content-Type", "application/json")], content_length=len(body)
-    )
-    for byte in body:
-        await connection.send(bytes([byte]))
-        await asyncio.sleep(0.05)
-
-
 async def test_body_trickled_slower_than_the_total_timeout(
     new_client, stopwatch, no_retry_wait
 ):
     """A body that keeps coming but too slowly times out on the total timeout."""
-    async with FaultyServer(trickle) as server:
+    async with FaultyServer(trickle(0.05)) as server:
         client = new_client(server.base_url, max_retries=0, timeout=0.4)
         with pytest.raises(APITimeoutError) as caught:
             await rename(client)

@@ -12,13 +12,12 @@ import asyncio
 import pickle
 
 import pytest
+from faulty_servers import CID, conversation_body
 from hostile_servers import (
-    CID,
     HostileServer,
     Step,
     by_conversation,
     compressed,
-    conversation_body,
     inflating_gzip,
     ok,
     raw,

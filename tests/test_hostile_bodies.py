@@ -15,14 +15,13 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 import pytest
+from faulty_servers import CID, conversation_body
 from hostile_servers import (
-    CID,
     MIB,
     Connection,
     HostileServer,
     Request,
     compressed,
-    conversation_body,
     deflate_bytes,
     gzip_bytes,
     inflating_deflate,

@@ -15,15 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from faulty_servers import (
-    CID,
-    Connection,
-    Request,
-    conversation_json,
-    hang,
-    ok,
-    refused_base_url,
-)
+from faulty_servers import CID, Connection, Request, hang, ok, refused_base_url, trickle
 from hostile_servers import HostileServer, slow
 
 from dify_async import (
@@ -181,20 +173,9 @@ async def test_a_deadline_set_through_with_options(new_client):
 # -- more waits: a trickled body, backoff, a TLS handshake that never ends --------
 
 
-async def trickle(request: Request, connection: Connection) -> None:
-    """Send the head at once, then the body one byte every 0.1 s."""
-    body = conversation_json(request)
-    await connection.head(
-        200, [("Content-Type", "application/json")], content_length=len(body)
-    )
-    for byte in body:
-        await connection.send(bytes([byte]))
-        await asyncio.sleep(0.1)
-
-
 async def test_a_trickled_body_is_cut_at_the_deadline(new_client):
     """A body sent byte by byte (each read is quick) still ends at ~1 s."""
-    async with HostileServer(trickle) as server:
+    async with HostileServer(trickle(0.1)) as server:
         client = new_client(server.base_url)
         outcome, elapsed = await timed(client, 1.0)
     assert isinstance(outcome, APITimeoutError), repr(outcome)

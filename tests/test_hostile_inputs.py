@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from hostile_servers import CID, HostileServer
+from faulty_servers import CID
+from hostile_servers import HostileServer
 
 from dify_async import AsyncDifyClient, InvalidRequestError, RenameRequest
 

@@ -20,15 +20,8 @@ import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
-from hostile_servers import (
-    CID,
-    Connection,
-    HostileServer,
-    Request,
-    Step,
-    conversation_body,
-    gzip_bytes,
-)
+from faulty_servers import CID, conversation_body
+from hostile_servers import Connection, HostileServer, Request, Step, gzip_bytes
 
 from dify_async import (
     APIResponseValidationError,

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 import trustme
-from hostile_servers import CID, HostileServer, close_on_first_bytes
+from faulty_servers import CID
+from hostile_servers import HostileServer, close_on_first_bytes
 
 from dify_async import (
     APIConnectionError,
