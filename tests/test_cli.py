@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,23 @@ def run(
         text=True,
         timeout=120,
         check=False,
+    )
+
+
+def start(
+    *args: str, server: FakeDifyServer | None, **options: Any
+) -> subprocess.Popen[Any]:
+    """Start the command line in a child process; output piped, as text.
+
+    *options* go to :class:`subprocess.Popen` and replace those defaults.
+    """
+    defaults: dict[str, Any] = {
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "text": True,
+    }
+    return subprocess.Popen(  # noqa: S603  (our own command line)
+        command(*args), env=cli_env(server), **{**defaults, **options}
     )
 
 
@@ -464,12 +482,16 @@ def test_a_closed_standard_output_ends_quietly(server):
     (cid,) = seed(server, 1)
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is written
-    with subprocess.Popen(  # noqa: S603
-        command("rename", cid, "--user", USER, "--name", "Piped", "--json"),
-        env=cli_env(server),
+    with start(
+        "rename",
+        cid,
+        "--user",
+        USER,
+        "--name",
+        "Piped",
+        "--json",
+        server=server,
         stdout=write_end,
-        stderr=subprocess.PIPE,
-        text=True,
     ) as process:
         os.close(write_end)
         _, stderr = process.communicate(timeout=60)
@@ -503,12 +525,8 @@ def test_rename_interrupted_with_ctrl_c(server):
     """Ctrl-C during a rename exits 130 with a short message, no traceback."""
     (cid,) = seed(server, 1)
     server.inject_fault(Fault.delay(30.0), conversation_id=cid)
-    with subprocess.Popen(  # noqa: S603
-        command("rename", cid, "--user", USER, "--name", "Never"),
-        env=cli_env(server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    with start(
+        "rename", cid, "--user", USER, "--name", "Never", server=server
     ) as process:
         wait_for(lambda: server.requests_received == 1)
         process.send_signal(signal.SIGINT)
@@ -546,12 +564,8 @@ def test_demo_renames_everything_and_checks_the_server():
 
 def test_demo_interrupted_with_ctrl_c():
     """Ctrl-C stops the demo cleanly with its summary so far, every row counted."""
-    with subprocess.Popen(  # noqa: S603
-        command("demo", "--count", "2000", "--rate", "200", "--no-progress"),
-        env=cli_env(None),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    with start(
+        "demo", "--count", "2000", "--rate", "200", "--no-progress", server=None
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:

@@ -18,10 +18,10 @@ from test_cli import (
     QUESTION,
     USER,
     cli_env,
-    command,
     read_results,
     run,
     seed,
+    start,
     summary_counts,
     write_csv,
     write_jsonl,
@@ -475,12 +475,13 @@ def test_batch_progress_on_a_terminal(server, tmp_path):
     source = write_csv(tmp_path / "rows.csv", ids_rows)
     parent, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    with subprocess.Popen(  # noqa: S603
-        command("batch", str(source)),
-        env=cli_env(server),
-        stdout=subprocess.PIPE,
+    with start(
+        "batch",
+        str(source),
+        server=server,
         stderr=child,
         stdin=subprocess.DEVNULL,
+        text=False,
     ) as process:
         os.close(child)
         shown = b""

@@ -12,12 +12,12 @@ import pytest
 from test_cli import (
     USER,
     cli_env,
-    command,
     line_count,
     read_results,
     run,
     run_words,
     seed,
+    start,
     summary_counts,
     wait_for,
     write_csv,
@@ -45,9 +45,14 @@ def test_batch_killed_then_resumed_renames_each_row_exactly_once(server, tmp_pat
     )
     output = tmp_path / "out.jsonl"
 
-    with subprocess.Popen(  # noqa: S603
-        command("batch", str(source), "--output", str(output), "--concurrency", "4"),
-        env=cli_env(server),
+    with start(
+        "batch",
+        str(source),
+        "--output",
+        str(output),
+        "--concurrency",
+        "4",
+        server=server,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as process:
@@ -95,16 +100,14 @@ def test_batch_killed_mid_flight_loses_nothing_finished(tmp_path):
             tmp_path / "rows.csv", [[c, USER, f"M{n}", ""] for n, c in enumerate(ids)]
         )
         output = tmp_path / "out.jsonl"
-        with subprocess.Popen(  # noqa: S603
-            command(
-                "batch",
-                str(source),
-                "--output",
-                str(output),
-                "--concurrency",
-                str(concurrency),
-            ),
-            env=cli_env(server),
+        with start(
+            "batch",
+            str(source),
+            "--output",
+            str(output),
+            "--concurrency",
+            str(concurrency),
+            server=server,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ) as process:
@@ -138,20 +141,15 @@ def test_batch_interrupted_by_sigterm_records_what_finished(tmp_path):
         ids = seed(server, 400)
         source = write_csv(tmp_path / "rows.csv", [[c, USER, "T", ""] for c in ids])
         output = tmp_path / "out.jsonl"
-        with subprocess.Popen(  # noqa: S603
-            command(
-                "batch",
-                str(source),
-                "--output",
-                str(output),
-                "--json",
-                "--concurrency",
-                "4",
-            ),
-            env=cli_env(server),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        with start(
+            "batch",
+            str(source),
+            "--output",
+            str(output),
+            "--json",
+            "--concurrency",
+            "4",
+            server=server,
         ) as process:
             wait_for(lambda: line_count(output) >= 20)
             process.send_signal(signal.SIGTERM)
@@ -197,20 +195,15 @@ def test_ctrl_c_counts_rows_in_flight_and_prints_the_resume_command(server, tmp_
     rows[5] = ["not-a-uuid", USER, "x", ""]
     source = write_csv(tmp_path / "rows.csv", rows)
     output = tmp_path / "out.jsonl"
-    with subprocess.Popen(  # noqa: S603
-        command(
-            "batch",
-            str(source),
-            "--output",
-            str(output),
-            "--concurrency",
-            "4",
-            "--no-progress",
-        ),
-        env=cli_env(server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    with start(
+        "batch",
+        str(source),
+        "--output",
+        str(output),
+        "--concurrency",
+        "4",
+        "--no-progress",
+        server=server,
     ) as process:
         wait_for(lambda: server.requests_received == 23 and line_count(output) == 20)
         process.send_signal(signal.SIGINT)
