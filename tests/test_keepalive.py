@@ -78,18 +78,6 @@ async def test_explicit_names_through_stale_connections(
     assert server.attempts >= RENAMES
 
 
-async def test_auto_generate_reset_after_processing_is_not_retried(
-    new_client, no_retry_wait
-):
-    """Processed, then reset without an answer: raised, never sent again."""
-    async with HostileServer(reset, ok) as server:
-        client = new_client(server.base_url, max_retries=5)
-        with pytest.raises(APIConnectionError) as err:
-            await rename(client, auto_generate=True)
-    assert err.value.request_sent is True
-    assert err.value.attempts == server.attempts == 1
-
-
 async def test_auto_generate_reset_on_a_reused_connection_is_not_retried(
     new_client, no_retry_wait
 ):
