@@ -180,7 +180,6 @@ def build_request(endpoint: Endpoint, request: RenameRequest) -> PreparedRequest
 
 
 _decode_json: Final = json.JSONDecoder().decode  # json.loads(str), one call less
-_MULTIDICTS: Final = CIMultiDictProxy | CIMultiDict
 _NO_SECRET: Final = b"\x00no secret\x00"  # a key never holds NUL
 
 
