@@ -219,9 +219,6 @@ async def retry_after_failure(
             and not _too_long(error, max_retry_after)
         )
 
-    if max_retries == 0 or not worth_retrying(failure):
-        raise failure
-
     async def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         assert isinstance(error, DifyError)  # noqa: S101  (only those are retried)
