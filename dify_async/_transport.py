@@ -181,11 +181,16 @@ class Transport:
         self._slots = asyncio.Semaphore(slots) if slots else None
         # A borrowed session belongs to the loop it was made in.
         self._loop: asyncio.AbstractEventLoop | None = getattr(session, "_loop", None)
-        self.closing = asyncio.Event()  # wakes attempts waiting for the pacer
-        self.closed = False
+        self.closing = asyncio.Event()
+        """Set by :meth:`close`; it wakes the waits that end early on closing."""
         user_agent = None if session is None else session.headers.get("User-Agent")
         self.user_agent = USER_AGENT if not user_agent else f"{user_agent} {USER_AGENT}"
         """The ``User-Agent`` to send: a borrowed session's, then ours."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.closing.is_set()
 
     def ensure_usable(self) -> None:
         """Make the session if needed; raise if the transport cannot send.
@@ -220,7 +225,6 @@ class Transport:
         """Close the sessions made here; wake attempts waiting for the pacer."""
         if self.closed:
             return
-        self.closed = True
         self.closing.set()
         if self._owns_session:
             for session in (self._session, self._fresh):
