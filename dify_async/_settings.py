@@ -81,10 +81,6 @@ def _on_retry(value: object) -> OnRetry | None:
     return cast("OnRetry | None", value)
 
 
-def _api_key(value: object) -> str:
-    return check_api_key(value)
-
-
 @attrs.frozen
 class Settings:
     """Everything a client was configured with, each value checked.
@@ -103,7 +99,7 @@ class Settings:
         default=60.0, converter=_max_retry_after
     )
     on_retry: OnRetry | None = attrs.field(default=None, converter=_on_retry)
-    api_key: str = attrs.field(default="", converter=_api_key, repr=False)
+    api_key: str = attrs.field(default="", converter=check_api_key, repr=False)
     base_url: str = attrs.field(default="", converter=normalize_base_url)
     max_rate: float | None = attrs.field(default=None, converter=_max_rate)
     connection_limit: int = attrs.field(default=100, converter=_connection_limit)
