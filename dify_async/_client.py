@@ -23,7 +23,6 @@ import aiohttp
 from ._batch import rename_many, rename_stream
 from ._exceptions import ClientClosedError, DifyError, InvalidRequestError
 from ._models import Conversation, RenameRequest
-from ._pacing import unless_set
 from ._retry import RetryEvent, retry_after_failure
 from ._sansio import build_request, make_endpoint
 from ._settings import DEFAULT_MAX_RESPONSE_SIZE, UNSET, Settings, Unset
@@ -366,9 +365,5 @@ class AsyncDifyClient:
             max_retry_after=settings.max_retry_after,
             deadline_at=deadline_at,
             on_retry=settings.on_retry,
-            sleep=self._sleep,
+            sleep=self._transport.sleep,
         )
-
-    async def _sleep(self, seconds: float) -> None:
-        """Wait between attempts; return early when the client is closed."""
-        await unless_set(self._transport.closing, asyncio.sleep(seconds))

@@ -192,6 +192,14 @@ class Transport:
         """Whether :meth:`close` was called."""
         return self.closing.is_set()
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait *seconds*, or less if the transport is closed meanwhile.
+
+        The waits before an attempt (``max_rate``) and between attempts use
+        it, so that closing the client ends them at once.
+        """
+        await unless_set(self.closing, asyncio.sleep(seconds))
+
     def ensure_usable(self) -> None:
         """Make the session if needed; raise if the transport cannot send.
 
@@ -378,7 +386,7 @@ class Transport:
         if delay is None:
             raise self._too_late(request, "waiting for its turn under max_rate")
         if delay > 0 and not self.closed:
-            await unless_set(self.closing, asyncio.sleep(delay))
+            await self.sleep(delay)
 
     async def _wait_for_slot(
         self, slots: asyncio.Semaphore, request: PreparedRequest, deadline_at: float
