@@ -49,7 +49,6 @@ from ._exceptions import (
     APIStatusError,
     CertificateVerificationError,
     DifyError,
-    RateLimitError,
 )
 from ._retry_after import parse_retry_after
 
@@ -148,8 +147,6 @@ def is_retryable(error: DifyError, *, idempotent: bool) -> bool:
 
 def requested_wait(error: BaseException | None) -> float | None:
     """The wait an error's response asked for (``Retry-After``), if any."""
-    if isinstance(error, RateLimitError):
-        return error.retry_after
     if isinstance(error, APIStatusError):
         return parse_retry_after(error.headers)
     return None
