@@ -105,7 +105,7 @@ class AsyncDifyClient:
     ) -> None:
         if api_key is None:
             api_key = os.environ.get("DIFY_API_KEY")
-            if api_key is None:
+            if not api_key:  # unset or empty: as DIFY_BASE_URL below
                 raise InvalidRequestError(
                     "no API key: pass api_key= or set DIFY_API_KEY"
                 )

@@ -327,6 +327,8 @@ def test_missing_api_key_is_a_usage_error(tmp_path):
     ):
         done = run(*args, env=cli_env(None))
         assert_one_line_error(done, "DIFY_API_KEY", "--api-key")
+        empty = run(*args, env=cli_env(None, DIFY_API_KEY=""))
+        assert_one_line_error(empty, "no API key", "DIFY_API_KEY", "--api-key")
 
 
 def test_api_key_and_base_url_flags_override_the_environment(server):

@@ -210,6 +210,13 @@ class TestConfiguration:
         with pytest.raises(InvalidRequestError, match="DIFY_API_KEY"):
             AsyncDifyClient()
 
+    def test_an_empty_key_variable_counts_as_no_key(self, monkeypatch):
+        """DIFY_API_KEY set but empty is reported as no key, like a missing one."""
+        monkeypatch.setenv("DIFY_API_KEY", "")
+        with pytest.raises(InvalidRequestError) as caught:
+            AsyncDifyClient()
+        assert caught.value.message == "no API key: pass api_key= or set DIFY_API_KEY"
+
     async def test_key_and_base_url_come_from_the_environment(self, fake, monkeypatch):
         """DIFY_API_KEY and DIFY_BASE_URL are used when no arguments are given."""
         monkeypatch.setenv("DIFY_API_KEY", fake.api_key)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -39,15 +38,12 @@ def make_client(
         UsageError: No key, or an option the client refuses (the message names
             the option, never the key).
     """
-    api_key = args.api_key or os.environ.get("DIFY_API_KEY")
-    if not api_key:
-        raise UsageError("no API key: pass --api-key or set DIFY_API_KEY")
     options: dict[str, Any] = {}
     if args.timeout is not None:
         options["timeout"] = args.timeout
     try:
         return AsyncDifyClient(
-            api_key,
+            args.api_key or None,  # then DIFY_API_KEY, as the client reads it
             base_url=args.base_url or None,
             max_retries=args.max_retries,
             max_rate=max_rate,
