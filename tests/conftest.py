@@ -34,6 +34,12 @@ async def client(fake: FakeDifyServer) -> AsyncIterator[AsyncDifyClient]:
 
 
 @pytest.fixture
+def server(dify_server: FakeDifyServer) -> FakeDifyServer:
+    """The plugin's fake server, on its own thread: a CLI child process reaches it."""
+    return dify_server
+
+
+@pytest.fixture
 def no_retry_wait() -> Iterator[None]:
     """Make retry waits instant for the duration of a test."""
     with instant_retries():

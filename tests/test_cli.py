@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,6 @@ from dify_async.testing import FakeDifyServer, Fault
 
 USER = "user-7"
 QUESTION = "Where is my parcel?"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeDifyServer]:
-    """A fake Dify server on its own thread, reachable from a child process."""
-    with FakeDifyServer() as fake:
-        yield fake
 
 
 def cli_env(server: FakeDifyServer | None, **extra: str) -> dict[str, str]:

@@ -28,13 +28,7 @@ from test_cli import (
 )
 
 from dify_async.cli import main
-from dify_async.testing import FakeDifyServer, Fault
-
-
-@pytest.fixture
-def server(dify_server: FakeDifyServer) -> FakeDifyServer:
-    """The plugin's fake server: on its own thread, reachable from a child."""
-    return dify_server
+from dify_async.testing import Fault
 
 
 def test_batch_csv_accounts_for_every_row(server, tmp_path):

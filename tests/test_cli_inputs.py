@@ -31,12 +31,6 @@ from dify_async.testing import FakeDifyServer
 
 
 @pytest.fixture
-def server(dify_server: FakeDifyServer) -> FakeDifyServer:
-    """The plugin's fake server: on its own thread, reachable from a child."""
-    return dify_server
-
-
-@pytest.fixture
 def rows(server: FakeDifyServer, tmp_path: Path) -> Path:
     """A good input file of two rows."""
     ids = seed(server, 2)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 from collections import Counter
 
-import pytest
 from test_cli import (
     USER,
     cli_env,
@@ -25,12 +24,6 @@ from test_cli import (
 
 from dify_async.cli import main
 from dify_async.testing import FakeDifyServer, Fault
-
-
-@pytest.fixture
-def server(dify_server: FakeDifyServer) -> FakeDifyServer:
-    """The plugin's fake server: on its own thread, reachable from a child."""
-    return dify_server
 
 
 def test_batch_killed_then_resumed_renames_each_row_exactly_once(server, tmp_path):
