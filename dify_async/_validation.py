@@ -98,8 +98,7 @@ def check_name(name: object, *, auto_generate: bool) -> str | None:
             f"name is {len(name)} characters long; Dify stores at most "
             f"{MAX_NAME_LENGTH}"
         )
-    if not name.isascii():
-        _check_unicode("name", name)
+    _check_unicode("name", name)
     return name
 
 
@@ -122,8 +121,7 @@ def check_user(user: object) -> str:
         )
     if _CONTROL(user):
         raise InvalidRequestError("user must not contain control characters")
-    if not user.isascii():
-        _check_unicode("user", user)
+    _check_unicode("user", user)
     return user
 
 
@@ -166,6 +164,8 @@ def check_api_key(api_key: object) -> str:
 
 
 def _check_unicode(field: str, value: str) -> None:
+    if value.isascii():  # no surrogate can hide in ASCII
+        return
     try:
         value.encode()
     except UnicodeEncodeError:
