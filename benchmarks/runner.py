@@ -32,7 +32,8 @@ conversation ids and names, send it, read the answer, decode it. Both clients
 use a connector limit of 100 connections.
 
 The process prints one JSON line: requests per second, CPU seconds of this
-process spent in the timed part, peak RSS (KiB), and the CPU seconds the
+process spent in the timed part, how many passes the garbage collector made
+meanwhile and how long they took, peak RSS (KiB), and the CPU seconds the
 server spent meanwhile.
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -228,6 +230,25 @@ async def run(kind: str, base_url: str, concurrency: int, measure: Measure) -> N
 # -- measuring ----------------------------------------------------------------
 
 
+class GCClock:
+    """The garbage collector's passes and the time they take, while on."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.seconds = 0.0
+        self.on = False
+        self._started = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.passes += 1
+            self.seconds += time.perf_counter() - self._started
+
+
 def timed(args: argparse.Namespace) -> Measure:
     """Warm up, then time one batch of ``args.requests`` renames."""
 
@@ -235,9 +256,13 @@ def timed(args: argparse.Namespace) -> Measure:
         await batch(max(args.warmup, args.concurrency))
         host, port = args.server
         before_server = server_cpu(host, port)
+        clock = GCClock()
+        gc.callbacks.append(clock)
+        clock.on = True
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await batch(args.requests)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        clock.on = False
         server = server_cpu(host, port) - before_server
         result = {
             "runner": args.runner,
@@ -246,6 +271,8 @@ def timed(args: argparse.Namespace) -> Measure:
             "wall": wall,
             "rps": args.requests / wall,
             "cpu_us": cpu / args.requests * 1e6,
+            "gc_passes": clock.passes,
+            "gc_us": clock.seconds / args.requests * 1e6,
             "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "server_cpu": server,
             "server_busy": server / wall,
