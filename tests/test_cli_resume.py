@@ -7,6 +7,8 @@ import shlex
 import signal
 import subprocess
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 from test_cli import (
     USER,
@@ -26,6 +28,28 @@ from dify_async.cli import main
 from dify_async.testing import FakeDifyServer, Fault
 
 
+def start_batch(
+    source: Path,
+    output: Path,
+    *flags: str,
+    server: FakeDifyServer,
+    concurrency: int = 4,
+    **options: Any,
+) -> subprocess.Popen[Any]:
+    """Start ``batch SOURCE --output OUTPUT --concurrency N FLAGS`` in a child."""
+    return start(
+        "batch",
+        str(source),
+        "--output",
+        str(output),
+        "--concurrency",
+        str(concurrency),
+        *flags,
+        server=server,
+        **options,
+    )
+
+
 def test_batch_killed_then_resumed_renames_each_row_exactly_once(server, tmp_path):
     """After SIGKILL and --resume, each row is renamed once and recorded once."""
     ids = seed(server, 200)
@@ -38,13 +62,9 @@ def test_batch_killed_then_resumed_renames_each_row_exactly_once(server, tmp_pat
     )
     output = tmp_path / "out.jsonl"
 
-    with start(
-        "batch",
-        str(source),
-        "--output",
-        str(output),
-        "--concurrency",
-        "4",
+    with start_batch(
+        source,
+        output,
         server=server,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -93,14 +113,11 @@ def test_batch_killed_mid_flight_loses_nothing_finished(tmp_path):
             tmp_path / "rows.csv", [[c, USER, f"M{n}", ""] for n, c in enumerate(ids)]
         )
         output = tmp_path / "out.jsonl"
-        with start(
-            "batch",
-            str(source),
-            "--output",
-            str(output),
-            "--concurrency",
-            str(concurrency),
+        with start_batch(
+            source,
+            output,
             server=server,
+            concurrency=concurrency,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ) as process:
@@ -134,16 +151,7 @@ def test_batch_interrupted_by_sigterm_records_what_finished(tmp_path):
         ids = seed(server, 400)
         source = write_csv(tmp_path / "rows.csv", [[c, USER, "T", ""] for c in ids])
         output = tmp_path / "out.jsonl"
-        with start(
-            "batch",
-            str(source),
-            "--output",
-            str(output),
-            "--json",
-            "--concurrency",
-            "4",
-            server=server,
-        ) as process:
+        with start_batch(source, output, "--json", server=server) as process:
             wait_for(lambda: line_count(output) >= 20)
             process.send_signal(signal.SIGTERM)
             stdout, stderr = process.communicate(timeout=30)
@@ -188,16 +196,7 @@ def test_ctrl_c_counts_rows_in_flight_and_prints_the_resume_command(server, tmp_
     rows[5] = ["not-a-uuid", USER, "x", ""]
     source = write_csv(tmp_path / "rows.csv", rows)
     output = tmp_path / "out.jsonl"
-    with start(
-        "batch",
-        str(source),
-        "--output",
-        str(output),
-        "--concurrency",
-        "4",
-        "--no-progress",
-        server=server,
-    ) as process:
+    with start_batch(source, output, "--no-progress", server=server) as process:
         wait_for(lambda: server.requests_received == 23 and line_count(output) == 20)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
