@@ -179,7 +179,8 @@ def build_request(endpoint: Endpoint, request: RenameRequest) -> PreparedRequest
     )
 
 
-_decode_json: Final = json.JSONDecoder().decode  # json.loads(str), one call less
+_raw_decode: Final = json.JSONDecoder().raw_decode
+_JSON_SPACE: Final = " \t\n\r"  # the white space JSON allows around a value
 _NO_SECRET: Final = b"\x00no secret\x00"  # a key never holds NUL
 
 
@@ -212,7 +213,9 @@ def decode_response(
             conversation.
     """
     secret = _NO_SECRET if request is None else request.secret
-    if secret in body:
+    # find(), not "in": bytes.__contains__ first tries the key as an int,
+    # raising and clearing a TypeError at every call.
+    if body.find(secret) != -1:
         body = redact(body, secret)
     if 200 <= status < 300:  # noqa: PLR2004
         conversation = _decode_conversation(status, headers, body, complete, request)
@@ -295,7 +298,13 @@ def _json(body: bytes) -> object:
         # json.loads(bytes) guesses the encoding in Python at every call; by
         # its own rule, a body that opens with "{" and a non-NUL byte is UTF-8.
         if body[:1] == b"{" and body[1:2] != b"\x00":
-            return _decode_json(body.decode("utf-8", "surrogatepass"))
+            # raw_decode: json.loads without its two white-space searches,
+            # since nothing comes before the "{"; only trailing space may follow.
+            text = body.decode("utf-8", "surrogatepass")
+            value, end = _raw_decode(text)
+            if end != len(text) and text[end:].strip(_JSON_SPACE):
+                raise ValueError("extra data after the JSON value")
+            return value
         return json.loads(body)
     except RecursionError:
         raise ValueError("nested too deeply") from None

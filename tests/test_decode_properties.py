@@ -166,6 +166,26 @@ def test_every_valid_conversation_decodes(
         assert conversation.created_at.timestamp() == created_at
 
 
+@given(
+    after=st.text(alphabet=" \t\n\r\x0b\x0c\x00\xa0\u2028}x", max_size=4),
+    before=st.sampled_from(["", " ", "\n", "\ufeff"]),
+)
+@example(after="", before="")
+@example(after=" \r\n", before="")
+@example(after="\x0b", before="")
+def test_a_conversation_is_json_exactly_as_json_loads_reads_it(after, before):
+    """White space around the body: accepted exactly where json.loads accepts it."""
+    document = before + json.dumps({"id": CID, "name": "n"}) + after
+    try:
+        json.loads(document.encode())
+    except ValueError:
+        valid = False
+    else:
+        valid = True
+    outcome = decode_or_error(200, {}, document.encode())
+    assert isinstance(outcome, Conversation) == valid, outcome
+
+
 def test_errors_from_a_response_pickle():
     """An error decoded from a response survives pickling (for process pools)."""
     error = decode_or_error(503, {"Retry-After": "1"}, b"busy")
