@@ -264,7 +264,11 @@ class Transport:
             else:
                 await slots.acquire()
         try:
-            session, timeout = self._prepare(request, timeout, deadline_at)
+            session = self._session_for(request)
+            if deadline_at is not None:
+                # Cut to what is left of the call's deadline.
+                timeout = _clip(timeout, self._remaining(request, deadline_at))
+            logger.debug("%s %s", request.method, request.url)  # as it goes out
             try:
                 async with session.request(
                     request.method,
@@ -332,19 +336,11 @@ class Transport:
             chunks.append(chunk)
         return b"".join(chunks) if size <= limit else None
 
-    def _prepare(
-        self,
-        request: PreparedRequest,
-        timeout: aiohttp.ClientTimeout,
-        deadline_at: float | None,
-    ) -> tuple[aiohttp.ClientSession, aiohttp.ClientTimeout]:
-        """The session to send *request* through, and the attempt's timeout.
-
-        Logs the request at DEBUG level, as it goes out.
+    def _session_for(self, request: PreparedRequest) -> aiohttp.ClientSession:
+        """The session to send *request* through.
 
         Raises:
             ClientClosedError: the client closed while the call waited its turn.
-            APITimeoutError: the call's deadline has passed.
         """
         if self.closed:
             raise ClientClosedError(
@@ -356,12 +352,7 @@ class Transport:
         assert session is not None  # noqa: S101  (ensure_usable made it)
         if not request.idempotent and self._owns_session:
             session = self._fresh_session()
-        if deadline_at is not None:
-            # Cut to what is left of the call's deadline.
-            timeout = _clip(timeout, self._remaining(request, deadline_at))
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s", request.method, request.url)
-        return session, timeout
+        return session
 
     def _fresh_session(self) -> aiohttp.ClientSession:
         """The session for a request that must not be repeated: a fresh connection.
