@@ -65,6 +65,7 @@ USER_AGENT: Final = (
 logger: Final = logging.getLogger("dify_async")
 
 _PLAIN_HTTP_HINTS: Final = ("wrong version number", "record layer failure")
+_CONNECT_MARGIN: Final = 0.05  # seconds: see _clip
 
 
 def to_timeout(value: object) -> aiohttp.ClientTimeout:
@@ -117,13 +118,16 @@ def _check_borrowed(session: object) -> aiohttp.ClientSession:
 def _clip(timeout: aiohttp.ClientTimeout, remaining: float) -> aiohttp.ClientTimeout:
     """*timeout*, its total cut to *remaining* seconds (never rounded up).
 
-    Connecting is cut a little shorter, so that a connection (or a TLS
-    handshake) still under way when the deadline comes is reported as never
-    sent, rather than losing the race to the total's timer.
+    Connecting is cut shorter, so that a connection (or a TLS handshake)
+    still under way when the deadline comes is reported as never sent,
+    rather than losing the race to the total's timer. That timer starts
+    first, and a pause of the event loop (a garbage collector pass, another
+    task) may come before the connect timer starts: the margin is 1% of
+    *remaining*, at least 50 ms, at most half of it.
     """
     if timeout.total is not None and timeout.total <= remaining:
         return timeout
-    connect = remaining * 0.99
+    connect = remaining - min(max(remaining * 0.01, _CONNECT_MARGIN), remaining / 2)
     if timeout.connect is not None:
         connect = min(connect, timeout.connect)
     return aiohttp.ClientTimeout(

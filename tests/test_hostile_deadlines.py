@@ -14,9 +14,12 @@ import contextlib
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from faulty_servers import CID, Connection, Request, hang, ok, refused_base_url, trickle
 from hostile_servers import HostileServer, slow
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from dify_async import (
     APIConnectionError,
@@ -26,6 +29,7 @@ from dify_async import (
     InternalServerError,
     RateLimitError,
 )
+from dify_async._transport import _clip
 
 KEY = "app-hostile-deadlines-key"
 USER = "user-42"
@@ -197,6 +201,17 @@ async def silent(connection: Connection) -> None:
         while await asyncio.wait_for(connection.reader.read(4096), 10.0):
             pass
     connection.close()
+
+
+@given(remaining=st.floats(min_value=1e-6, max_value=1e6))
+@example(remaining=1.0)
+def test_connecting_is_cut_before_the_deadline_with_room_for_a_pause(remaining):
+    """The connect timer ends first, even if the loop pauses 50 ms between the two."""
+    timeout = _clip(aiohttp.ClientTimeout(total=None), remaining)
+    assert timeout.total == remaining
+    assert timeout.connect is not None
+    assert remaining / 2 <= timeout.connect < remaining
+    assert remaining - timeout.connect >= min(0.05, remaining / 2) * 0.999
 
 
 async def test_a_tls_handshake_that_never_ends_is_cut_at_the_deadline(new_client):
