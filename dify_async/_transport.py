@@ -284,7 +284,8 @@ class Transport:
                     timeout=timeout,
                 ) as response:
                     status, headers = response.status, response.headers
-                    body = await self._read(response, request)
+                    logger.debug("%s %s -> %d", request.method, request.url, status)
+                    body = await self._read(response)
             except asyncio.CancelledError:
                 if not self._closed_meanwhile():
                     raise
@@ -310,19 +311,13 @@ class Transport:
             if slots is not None:
                 slots.release()
 
-    async def _read(
-        self, response: aiohttp.ClientResponse, request: PreparedRequest
-    ) -> bytes | None:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes | None:
         """Read the decoded body, at most the limit plus one chunk.
-
-        Logs the answer's status at DEBUG level first.
 
         Returns:
             The body, or ``None`` past the limit (the rest is never read; the
             connection is dropped).
         """
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s -> %d", request.method, request.url, response.status)
         limit = self._limit
         declared = response.content_length
         if (

@@ -675,6 +675,28 @@ async def test_each_retry_logs_one_warning_without_the_key(
     assert all(r.name == "dify_async" for r in warnings)
 
 
+async def test_debug_logs_each_attempt_as_it_goes_out_and_its_answer(
+    new_client, caplog, no_retry_wait
+):
+    """DEBUG: one line per attempt sent, one per status received, in order."""
+    caplog.set_level(logging.DEBUG, logger="dify_async")
+    async with FaultyServer(gateway_page(502), ok) as server:
+        url = f"{server.base_url}/conversations/{CID}/name"
+        client = new_client(server.base_url, max_retries=1)
+        await rename(client)
+    debug = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "dify_async" and r.levelno == logging.DEBUG
+    ]
+    assert debug == [
+        f"POST {url}",
+        f"POST {url} -> 502",
+        f"POST {url}",
+        f"POST {url} -> 200",
+    ]
+
+
 # -- the same faults through the fake Dify server ---------------------------------
 
 
