@@ -250,9 +250,11 @@ class AsyncDifyClient:
             EventLoopError: the client belongs to another event loop.
         """
         request = RenameRequest(conversation_id, user, name, auto_generate)
-        settings = self._settings.override(
-            timeout=timeout, deadline=deadline, max_retries=max_retries
-        )
+        settings = self._settings
+        if timeout is not UNSET or deadline is not UNSET or max_retries is not UNSET:
+            settings = settings.override(
+                timeout=timeout, deadline=deadline, max_retries=max_retries
+            )
         return await self._call(request, settings)
 
     async def rename_many(

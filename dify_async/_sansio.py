@@ -21,6 +21,7 @@ from typing import Final, NamedTuple
 import attrs
 import cattrs
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ._converter import (
     structure_conversation,
@@ -84,6 +85,10 @@ class Endpoint:
     base_url: str
     headers: Mapping[str, str] = attrs.field(repr=False)
     secret: bytes = attrs.field(repr=False)
+    base: URL = attrs.field(repr=False)
+    """*base_url* parsed: every request's URL is made from it."""
+    base_path: str = attrs.field(repr=False)
+    """Its path, without a trailing slash."""
 
 
 def make_endpoint(base_url: str, api_key: str, user_agent: str) -> Endpoint:
@@ -104,7 +109,14 @@ def make_endpoint(base_url: str, api_key: str, user_agent: str) -> Endpoint:
         }
     )
     # A read-only multidict: aiohttp takes it as it is, without a copy.
-    return Endpoint(base_url, CIMultiDictProxy(headers), api_key.encode())
+    base = URL(base_url, encoded=True)
+    return Endpoint(
+        base_url,
+        CIMultiDictProxy(headers),
+        api_key.encode(),
+        base,
+        base.raw_path.rstrip("/"),
+    )
 
 
 class PreparedRequest(NamedTuple):
@@ -113,6 +125,7 @@ class PreparedRequest(NamedTuple):
     Attributes:
         method: The HTTP method.
         url: The full URL, already encoded.
+        target: The same URL, parsed, as it is handed to aiohttp.
         headers: Every header the rename sends (kept out of the ``repr``).
         body: The JSON body (kept out of the ``repr``).
         conversation_id: The canonical id, which a success must carry back.
@@ -123,6 +136,7 @@ class PreparedRequest(NamedTuple):
 
     method: str
     url: str
+    target: URL
     headers: Mapping[str, str]
     body: bytes
     conversation_id: str
@@ -168,9 +182,12 @@ def build_request(endpoint: Endpoint, request: RenameRequest) -> PreparedRequest
         request: The validated rename.
     """
     conversation_id = request.conversation_id
+    path = f"/conversations/{conversation_id}/name"
     return PreparedRequest(
         METHOD,
-        f"{endpoint.base_url}/conversations/{conversation_id}/name",
+        endpoint.base_url + path,
+        # From the parsed base, rather than parsing the whole URL again.
+        endpoint.base.with_path(endpoint.base_path + path, encoded=True),
         endpoint.headers,
         "".join(_iterencode(unstructure_request(request), 0)).encode(),
         conversation_id,

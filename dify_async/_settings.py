@@ -121,14 +121,6 @@ class Settings:
         Raises:
             InvalidRequestError: a new value is out of range.
         """
-        if (
-            timeout is UNSET
-            and deadline is UNSET
-            and max_retries is UNSET
-            and max_retry_after is UNSET
-            and on_retry is UNSET
-        ):
-            return self  # the common case, at every call
         given = {
             "timeout": timeout,
             "deadline": deadline,

@@ -30,10 +30,10 @@ import logging
 import math
 import platform
 import ssl
+import sys
 from typing import Final
 
 import aiohttp
-from yarl import URL
 
 from ._exceptions import (
     APIConnectionError,
@@ -181,20 +181,19 @@ class Transport:
         self._connection_limit = connection_limit
         self._limit = max_response_size
         self._pacer = None if max_rate is None else Pacer(max_rate)
-        slots = _pool_size(session, connection_limit)
-        self._slots = asyncio.Semaphore(slots) if slots else None
+        # One slot per connection the pool can open (no limit: as many as asked).
+        self._slots = asyncio.Semaphore(
+            _pool_size(session, connection_limit) or sys.maxsize
+        )
         # A borrowed session belongs to the loop it was made in.
         self._loop: asyncio.AbstractEventLoop | None = getattr(session, "_loop", None)
+        self.closed = False
+        """Whether :meth:`close` was called."""
         self.closing = asyncio.Event()
         """Set by :meth:`close`; it wakes the waits that end early on closing."""
         user_agent = None if session is None else session.headers.get("User-Agent")
         self.user_agent = USER_AGENT if not user_agent else f"{user_agent} {USER_AGENT}"
         """The ``User-Agent`` to send: a borrowed session's, then ours."""
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self.closing.is_set()
 
     async def sleep(self, seconds: float) -> None:
         """Wait *seconds*, or less if the transport is closed meanwhile.
@@ -237,6 +236,7 @@ class Transport:
         """Close the sessions made here; wake attempts waiting for the pacer."""
         if self.closed:
             return
+        self.closed = True
         self.closing.set()
         if self._owns_session:
             for session in (self._session, self._fresh):
@@ -262,21 +262,22 @@ class Transport:
         if self._pacer is not None:
             await self._wait_for_pacer(request, deadline_at)
         slots = self._slots
-        if slots is not None:
-            if deadline_at is not None and slots.locked():
-                await self._wait_for_slot(slots, request, deadline_at)
-            else:
-                await slots.acquire()
+        if deadline_at is not None and slots.locked():
+            await self._wait_for_slot(slots, request, deadline_at)
+        else:
+            await slots.acquire()
         try:
             session = self._session_for(request)
             if deadline_at is not None:
                 # Cut to what is left of the call's deadline.
                 timeout = _clip(timeout, self._remaining(request, deadline_at))
-            logger.debug("%s %s", request.method, request.url)  # as it goes out
+            debug = logger.isEnabledFor(logging.DEBUG)
+            if debug:
+                logger.debug("%s %s", request.method, request.url)  # as it goes out
             try:
                 async with session.request(
                     request.method,
-                    URL(request.url, encoded=True),
+                    request.target,
                     data=request.body,
                     headers=request.headers,
                     allow_redirects=False,
@@ -284,7 +285,8 @@ class Transport:
                     timeout=timeout,
                 ) as response:
                     status, headers = response.status, response.headers
-                    logger.debug("%s %s -> %d", request.method, request.url, status)
+                    if debug:
+                        logger.debug("%s %s -> %d", request.method, request.url, status)
                     body = await self._read(response)
             except asyncio.CancelledError:
                 if not self._closed_meanwhile():
@@ -308,8 +310,7 @@ class Transport:
             # chained as __context__ (some carry the request's headers).
             raise error
         finally:
-            if slots is not None:
-                slots.release()
+            slots.release()
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes | None:
         """Read the decoded body, at most the limit plus one chunk.

@@ -98,7 +98,8 @@ def check_name(name: object, *, auto_generate: bool) -> str | None:
             f"name is {len(name)} characters long; Dify stores at most "
             f"{MAX_NAME_LENGTH}"
         )
-    _check_unicode("name", name)
+    if not name.isascii():  # no surrogate can hide in ASCII
+        _check_unicode("name", name)
     return name
 
 
@@ -121,7 +122,8 @@ def check_user(user: object) -> str:
         )
     if _CONTROL(user):
         raise InvalidRequestError("user must not contain control characters")
-    _check_unicode("user", user)
+    if not user.isascii():  # no surrogate can hide in ASCII
+        _check_unicode("user", user)
     return user
 
 
@@ -164,8 +166,6 @@ def check_api_key(api_key: object) -> str:
 
 
 def _check_unicode(field: str, value: str) -> None:
-    if value.isascii():  # no surrogate can hide in ASCII
-        return
     try:
         value.encode()
     except UnicodeEncodeError:

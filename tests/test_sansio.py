@@ -6,6 +6,9 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+import yarl
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from dify_async import (
     APIResponseValidationError,
@@ -109,6 +112,63 @@ class TestBuildRequest:
         assert "app-secret" not in repr(endpoint)
         assert "app-secret" not in repr(prepared)
         assert isinstance(endpoint, Endpoint)
+
+
+_SEGMENT = st.text(
+    st.characters(
+        codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="/?#"
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+class TestRequestUrl:
+    @given(
+        scheme=st.sampled_from(["http", "https"]),
+        host=st.sampled_from(
+            ["api.dify.ai", "127.0.0.1", "[::1]", "dify.internal", "bücher.example"]
+        ),
+        port=st.none() | st.integers(1, 65535),
+        segments=st.lists(_SEGMENT, max_size=3),
+        trailing_slash=st.booleans(),
+    )
+    @example(
+        scheme="https",
+        host="api.dify.ai",
+        port=None,
+        segments=["v1"],
+        trailing_slash=False,
+    )
+    @example(
+        scheme="http", host="127.0.0.1", port=5001, segments=[], trailing_slash=True
+    )
+    @example(
+        scheme="https",
+        host="h",
+        port=None,
+        segments=["a b", "%41", "ü"],
+        trailing_slash=False,
+    )
+    def test_the_url_handed_to_aiohttp_is_the_url_built(
+        self, scheme, host, port, segments, trailing_slash
+    ):
+        """The parsed URL the request goes to spells exactly its ``url``.
+
+        ``url`` is what errors and logs show; ``target``, made from the parsed
+        base URL, is what aiohttp sends: they must never differ, whatever the
+        base URL (a path prefix or none, a port, escapes, a non-ASCII host).
+        """
+        authority = host if port is None else f"{host}:{port}"
+        path = "/".join(segments) + ("/" if trailing_slash else "")
+        base_url = normalize_base_url(f"{scheme}://{authority}/{path}")
+        endpoint = make_endpoint(base_url, "app-k", "ua")
+        prepared = build_request(endpoint, RenameRequest(CID, "u", "n"))
+        assert prepared.url == f"{base_url}/conversations/{CID}/name"
+        assert str(prepared.target) == prepared.url
+        assert prepared.target == yarl.URL(prepared.url, encoded=True)
+        assert prepared.target.raw_path.endswith(f"/conversations/{CID}/name")
+        assert "//" not in prepared.target.raw_path
 
 
 class TestBaseUrl:
