@@ -11,8 +11,8 @@
   exactly; one above ``max_retry_after`` is not waited for: the error is
   raised at once.
 - Stops: ``stop_after_attempt`` (``max_retries`` + 1 attempts), and
-  ``stop_before_delay`` for the call's deadline (a retry whose wait would pass
-  it is not made).
+  ``stop_before_delay`` for the call's deadline (a retry whose wait would end
+  past it, or less than :data:`MIN_TIME_LEFT` before it, is not made).
 - Before each retry wait: one WARNING log line and the ``on_retry`` hook, with
   a :class:`RetryEvent`. Every error that escapes records ``attempts``.
 
@@ -54,6 +54,7 @@ from ._retry_after import parse_retry_after
 
 __all__ = [
     "BACKOFF",
+    "MIN_TIME_LEFT",
     "NOT_STARTED_STATUSES",
     "RETRYABLE_STATUSES",
     "RetryEvent",
@@ -77,6 +78,13 @@ NOT_STARTED_STATUSES: Final = frozenset({408, 429, 503})
 
 BACKOFF: Final = wait_random_exponential(multiplier=0.5, max=8.0)
 """Full jitter: a uniform draw from 0 to 0.5 s, 1 s, 2 s, 4 s, then 8 s."""
+
+MIN_TIME_LEFT: Final = 0.1
+"""Seconds of the call's deadline a retry must still have when its wait ends.
+
+Less is too little to connect and be answered; and an attempt's connect
+timer needs 50 ms before the deadline to end first, so that a connection
+still under way at the deadline is reported as never sent."""
 
 
 class _Switch:
@@ -233,7 +241,7 @@ async def retry_after_failure(
     if deadline_at is not None:
         # tenacity's clock starts with the state below, that is now.
         remaining = deadline_at - asyncio.get_running_loop().time()
-        stop = stop | stop_before_delay(max(remaining, 0.0))
+        stop = stop | stop_before_delay(max(remaining - MIN_TIME_LEFT, 0.0))
     retrying = AsyncRetrying(
         stop=stop,
         wait=wait_retry_after(BACKOFF),

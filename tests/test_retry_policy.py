@@ -385,6 +385,28 @@ async def test_a_wait_that_would_pass_the_deadline_is_not_made():
     assert sleeps == []
 
 
+@pytest.mark.parametrize(
+    ("wait_ms", "retried"), [("850", True), ("950", False), ("999", False)]
+)
+async def test_a_retry_needs_time_left_after_its_wait(wait_ms, retried):
+    """A retry whose wait ends under 0.1 s before the deadline is not made.
+
+    So little time cannot connect and be answered, and the attempt's connect
+    timer could not end before its total one: a connection still under way
+    at the deadline would be reported as sent.
+    """
+    sleeps = Sleeps()
+    script = Script(lambda: status_error(503, {"retry-after-ms": wait_ms}))
+    if retried:
+        assert await run(script, sleeps, deadline=1.0) == "done"
+        assert sleeps == [int(wait_ms) / 1000]
+    else:
+        with pytest.raises(InternalServerError) as caught:
+            await run(script, sleeps, deadline=1.0)
+        assert caught.value.attempts == 1
+        assert sleeps == []
+
+
 async def test_retries_stop_at_the_deadline():
     """Waits planned together never pass the deadline, and really are slept."""
     script = Script(*[lambda: status_error(503, {"retry-after-ms": "20"})] * 1000)
