@@ -85,10 +85,18 @@ class Endpoint:
     base_url: str
     headers: Mapping[str, str] = attrs.field(repr=False)
     secret: bytes = attrs.field(repr=False)
-    base: URL = attrs.field(repr=False)
+    base: URL = attrs.field(init=False, repr=False)
     """*base_url* parsed: every request's URL is made from it."""
-    base_path: str = attrs.field(repr=False)
+    base_path: str = attrs.field(init=False, repr=False)
     """Its path, without a trailing slash."""
+
+    @base.default
+    def _parse_base_url(self) -> URL:
+        return URL(self.base_url, encoded=True)
+
+    @base_path.default
+    def _base_path(self) -> str:
+        return self.base.raw_path.rstrip("/")
 
 
 def make_endpoint(base_url: str, api_key: str, user_agent: str) -> Endpoint:
@@ -109,14 +117,7 @@ def make_endpoint(base_url: str, api_key: str, user_agent: str) -> Endpoint:
         }
     )
     # A read-only multidict: aiohttp takes it as it is, without a copy.
-    base = URL(base_url, encoded=True)
-    return Endpoint(
-        base_url,
-        CIMultiDictProxy(headers),
-        api_key.encode(),
-        base,
-        base.raw_path.rstrip("/"),
-    )
+    return Endpoint(base_url, CIMultiDictProxy(headers), api_key.encode())
 
 
 class PreparedRequest(NamedTuple):

@@ -187,13 +187,16 @@ class Transport:
         )
         # A borrowed session belongs to the loop it was made in.
         self._loop: asyncio.AbstractEventLoop | None = getattr(session, "_loop", None)
-        self.closed = False
-        """Whether :meth:`close` was called."""
         self.closing = asyncio.Event()
         """Set by :meth:`close`; it wakes the waits that end early on closing."""
         user_agent = None if session is None else session.headers.get("User-Agent")
         self.user_agent = USER_AGENT if not user_agent else f"{user_agent} {USER_AGENT}"
         """The ``User-Agent`` to send: a borrowed session's, then ours."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.closing.is_set()
 
     async def sleep(self, seconds: float) -> None:
         """Wait *seconds*, or less if the transport is closed meanwhile.
@@ -236,7 +239,6 @@ class Transport:
         """Close the sessions made here; wake attempts waiting for the pacer."""
         if self.closed:
             return
-        self.closed = True
         self.closing.set()
         if self._owns_session:
             for session in (self._session, self._fresh):
